@@ -1,0 +1,13 @@
+"""skr: guest-side SEV-SNP attestation and secure key release for confidential containers.
+
+Public modules:
+
+* :mod:`skr.errors`      the exception hierarchy and its HTTP / exit-code mapping
+* :mod:`skr.snp`         the SEV-SNP platform: report ABI, certificate table, verification, device
+* :mod:`skr.sensitive`   the redacting wrapper for secrets
+
+``skr.testing`` (simulated AMD platform) and ``skr.emulators`` (local stand-ins for Azure) are for
+developers and tests only; no production module imports them.
+"""
+
+__version__ = "0.1.0"

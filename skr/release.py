@@ -312,6 +312,10 @@ class KeyReleaser:
             raise BadRequestError(f"{what} is required (no default is configured)")
         return self._allow.check(Endpoint.parse(text, what=what), kind)
 
+    def security_context_reference(self) -> bytes | None:
+        """The UVM endorsement (reference info) from the security context, if there is one."""
+        return self._context.reference_info if self._context is not None else None
+
     def readiness(self) -> dict[str, bool]:
         """What /status reports: each part must be true to serve releases quickly."""
         return {"wrapping_key": self._keys.ready, "collateral": self.collateral_ready}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextvars
 import hashlib
 import json
 import logging
@@ -25,13 +24,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from skr.errors import BadRequestError, BodyTooLargeError, NotReadyError, SkrError, http_status_for
+from skr.logs import request_id_var
 from skr.release import KeyReleaser
 
-__all__ = ["AppState", "Metrics", "create_app", "request_id_var"]
+__all__ = ["AppState", "Metrics", "create_app"]
 
 _logger = logging.getLogger(__name__)
-
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 MAX_RUNTIME_DATA_B64: Final = 96 * 1024
 ENC_VALUES: Final = frozenset({"CKM_RSA_AES_KEY_WRAP", "RSA_AES_KEY_WRAP_256", "RSA_AES_KEY_WRAP_384"})

@@ -34,6 +34,7 @@ __all__ = [
     "WrappingKey",
     "b64url_decode",
     "b64url_encode",
+    "export_private_jwk",
     "generate_wrapping_key",
     "private_jwk_from_key_bytes",
     "rsa_public_jwk",
@@ -240,3 +241,45 @@ def _ec_private_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
         "y": _int_b64(numbers.public_numbers.y, size),
         "d": _int_b64(numbers.private_value, size),
     }
+
+
+def export_private_jwk(jwk: dict[str, Any], fmt: str) -> Sensitive[bytes]:
+    """Serialise a released private JWK as ``jwk`` (JSON), ``pem`` (PKCS#8) or ``raw``.
+
+    ``raw`` is the key bytes for oct keys and PKCS#8 DER for RSA/EC keys; ``pem`` has no meaning
+    for a symmetric key and is refused for oct.
+    """
+    if fmt == "jwk":
+        return Sensitive(json.dumps(jwk, separators=(",", ":")).encode(), "key file")
+    kty = jwk.get("kty")
+    if kty == "oct":
+        if fmt == "pem":
+            raise ValueError("pem is for RSA and EC keys; write an oct key as raw or jwk")
+        return Sensitive(b64url_decode(jwk["k"]), "key file")
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if kty == "RSA":
+
+        def num(name: str) -> int:
+            return int.from_bytes(b64url_decode(jwk[name]), "big")
+
+        public = rsa.RSAPublicNumbers(num("e"), num("n"))
+        key = rsa.RSAPrivateNumbers(num("p"), num("q"), num("d"), num("dp"), num("dq"), num("qi"), public).private_key()
+    elif kty == "EC":
+        curve = {v: k for k, v in _CURVE_NAMES.items()}.get(jwk.get("crv", ""))
+        if curve is None:
+            raise ValueError("unsupported EC curve")
+        key = ec.derive_private_key(int.from_bytes(b64url_decode(jwk["d"]), "big"), _CURVES[curve]())
+    else:
+        raise ValueError(f"unsupported key type {kty!r}")
+    encoding = serialization.Encoding.PEM if fmt == "pem" else serialization.Encoding.DER
+    return Sensitive(
+        key.private_bytes(encoding, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), "key file"
+    )
+
+
+_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {
+    "secp256r1": ec.SECP256R1,
+    "secp384r1": ec.SECP384R1,
+    "secp521r1": ec.SECP521R1,
+    "secp256k1": ec.SECP256K1,
+}

@@ -107,8 +107,8 @@ def _identity(settings: Settings, environ: Mapping[str, str]) -> Check:
         return Check("identity", Status.OK, "workload identity (federated token file present)")
     if present:
         missing = ", ".join(sorted(set(names) - set(present)))
-        return Check("identity", Status.WARN, f"workload identity incomplete (missing {missing}); managed identity is used",
-                     "set all three variables, or none")  # fmt: skip
+        detail = f"workload identity incomplete (missing {missing}); managed identity is used"
+        return Check("identity", Status.WARN, detail, "set all three variables, or none")
     client = f" (client id {settings.identity_client_id})" if settings.identity_client_id else ""
     return Check("identity", Status.OK, f"managed identity through IMDS{client}, or access_token in requests")
 

@@ -1,0 +1,37 @@
+"""The README's commands are the ones CI runs, and the documented surface matches the code."""
+
+from __future__ import annotations
+
+import re
+
+from skr.config import SETTINGS
+from skr.errors import _HTTP_STATUS
+from tests.conftest import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def _shell_blocks() -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", README, re.S)
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    match = re.search(r"# --- README test command \(verbatim\) ---\n(.*?)\n# --- end ---", ci, re.S)
+    assert match is not None
+    command = match.group(1).strip()
+    assert command in [block.strip() for block in _shell_blocks()]
+    assert "pytest" in command and "mypy" in command and "ruff check" in command
+
+
+def test_every_error_code_is_documented() -> None:
+    for code in _HTTP_STATUS:
+        if code in ("internal_error", "config_error", "verification_failed", "invalid_report", "validation_failed"):
+            continue
+        assert f"`{code}`" in README, code
+
+
+def test_every_setting_has_an_environment_variable_listed_somewhere() -> None:
+    # The full table lives in `skr serve --help`; the README names the precedence and the Go variables.
+    assert "SkrSideCarArgs" in README and "SKR_" in README
+    assert all(setting.env.startswith("SKR_") for setting in SETTINGS)

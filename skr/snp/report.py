@@ -29,6 +29,7 @@ from skr.errors import ReportFormatError
 
 __all__ = [
     "REPORT_SIZE",
+    "SIGNATURE_ALGO_ECDSA_P384_SHA384",
     "SIGNED_LENGTH",
     "SUPPORTED_VERSIONS",
     "AttestationReport",

@@ -20,9 +20,11 @@ later commands (serve, release, dev, doctor) slot in beside these.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import hashlib
+import importlib
 import json
 import logging
 import sys
@@ -34,6 +36,8 @@ from typing import Any, TextIO
 from cryptography import x509
 
 from skr import __version__
+from skr.config import SETTINGS, Settings, load_settings
+from skr.doctor import Status, run_doctor
 from skr.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -44,6 +48,9 @@ from skr.errors import (
     VerificationError,
     exit_code_for,
 )
+from skr.initcontainer import FORMATS, ReleaseJob, parse_kids, run_release
+from skr.logs import configure_logging
+from skr.serve import run_serve
 from skr.snp.configfs import DEFAULT_TSM_REPORT_ROOT
 from skr.snp.device import DEFAULT_SEV_GUEST_PATH
 from skr.snp.report import REPORT_SIZE, AttestationReport, Product, parse_report
@@ -348,6 +355,137 @@ def _run_report(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# --- serve / release / doctor / dev --------------------------------------------------------------
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per setting (flags win over SKR_* variables); ``names`` limits the set."""
+    group = parser.add_argument_group("configuration (flag, environment variable, default)")
+    for setting in SETTINGS:
+        if names is not None and setting.name not in names:
+            continue
+        if setting.parse is bool or setting.default is False:
+            group.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{setting.help} [{setting.env}]",
+            )
+        else:
+            default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+            group.add_argument(
+                setting.flag,
+                dest=setting.name,
+                default=None,
+                metavar="VALUE",
+                help=f"{setting.help} [{setting.env}; default {default!r}]",
+            )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings({s.name: getattr(args, s.name, None) for s in SETTINGS})
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the sidecar (localhost HTTP API)",
+        description="Run the sidecar. Fails at start-up without an SEV-SNP device.",
+    )
+    _add_settings_flags(parser)
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_serve(settings))
+    return EXIT_OK
+
+
+_RELEASE_SETTINGS = tuple(
+    s.name for s in SETTINGS if s.name not in ("host", "port", "unsafe_bind", "max_body_bytes", "released_key_ttl")
+)
+
+
+def _add_release(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "release",
+        help="init-container mode: release keys into files, then exit",
+        description="Release each --kid and write it atomically (mode 0600) under --out. "
+        "Retries transient failures until --timeout; exit 0 only when every key is written.",
+    )
+    parser.add_argument("--kid", action="append", required=True, help="key name or name/version (repeatable)")
+    parser.add_argument("--out", required=True, help="directory (one file per key) or a file for a single key")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="jwk", help="file format (default jwk)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    parser.add_argument(
+        "--enc",
+        default="CKM_RSA_AES_KEY_WRAP",
+        choices=["CKM_RSA_AES_KEY_WRAP", "RSA_AES_KEY_WRAP_256", "RSA_AES_KEY_WRAP_384"],
+    )
+    _add_settings_flags(parser, _RELEASE_SETTINGS)
+    parser.set_defaults(handler=_run_release)
+
+
+def _run_release(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be positive")
+    job = ReleaseJob(kids=parse_kids(args.kid), out=Path(args.out), fmt=args.format, timeout=args.timeout, enc=args.enc)
+    return asyncio.run(run_release(settings, job))
+
+
+def _add_doctor(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("doctor", help="diagnose the environment, one line per check")
+    _add_settings_flags(parser)
+    parser.set_defaults(handler=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    checks = asyncio.run(run_doctor(_settings(args)))
+    for check in checks:
+        out.write(check.line() + "\n")
+    # 1 when any check failed, so `skr doctor` can gate a deployment script.
+    return EXIT_OK if all(c.status is not Status.FAIL for c in checks) else EXIT_INTERNAL
+
+
+def _add_dev(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "dev",
+        help="SIMULATED platform + Azure emulators + the sidecar on loopback, for development",
+        description="Start a simulated SEV-SNP platform, emulators of MAA, Key Vault, Managed HSM, Entra ID, "
+        "IMDS and AMD KDS, and the sidecar, all on 127.0.0.1. NOT A TEE: for development and tests only.",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="sidecar port (default 8080; 0 picks a free one)")
+    parser.add_argument("--state-file", help="write the stack's URLs, CA file, identities and keys as JSON")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="switch on an emulator fault, e.g. maa.attest:rate_limit (repeatable)",
+    )
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="release the demo keys through the sidecar over HTTP, print them, and exit",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(handler=_run_dev)
+
+
+def _run_dev(args: argparse.Namespace, out: TextIO) -> int:
+    # Imported by name, at run time, only for this explicit developer command: production paths
+    # never load the simulated platform (tests/test_import_graph.py checks it).
+    dev = importlib.import_module("skr.testing.dev")
+    result: int = dev.main(args, out)
+    return result
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -357,8 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skr {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeat for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_verify(subparsers)
+    _add_serve(subparsers)
+    _add_release(subparsers)
     _add_report(subparsers)
+    _add_verify(subparsers)
+    _add_dev(subparsers)
+    _add_doctor(subparsers)
     return parser
 
 

@@ -217,8 +217,8 @@ def parse_compact(token: str | bytes, *, max_bytes: int, what: str = "token") ->
     if len(parts) != 3:
         raise VerificationError(f"{what} is not a compact JWS (expected three dot-separated parts)")
     header_b64, payload_b64, signature_b64 = parts
-    if not header_b64 or not signature_b64:
-        raise VerificationError(f"{what} has an empty header or signature")
+    if not header_b64:
+        raise VerificationError(f"{what} has an empty header")
     header = parse_json_object(b64url_decode(header_b64, what=f"{what} header"), what=f"{what} header")
     payload = b64url_decode(payload_b64, what=f"{what} payload")
     signature = b64url_decode(signature_b64, what=f"{what} signature")
@@ -586,11 +586,13 @@ def _verify_chain(
         raise VerificationError(f"release JWS certificate chain is not trusted: {detail}") from None
 
 
-def _str_field(mapping: Mapping[str, Any], name: str, *, where: str, required: bool = True) -> str | None:
+def _str_field(
+    mapping: Mapping[str, Any], name: str, *, where: str, required: bool = True, max_chars: int = 4096
+) -> str | None:
     value = mapping.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value or len(value) > 4096:
+    if not isinstance(value, str) or not value or len(value) > max_chars:
         raise VerificationError(f"release payload {where}.{name} is missing or not a string")
     return value
 
@@ -608,7 +610,7 @@ def _parse_key_hsm(text: str) -> KeyHsm:
     )
     schema_version = _str_field(blob, "schema_version", where="key_hsm")
     header = _object_field(blob, "header", where="key_hsm")
-    ciphertext_text = _str_field(blob, "ciphertext", where="key_hsm")
+    ciphertext_text = _str_field(blob, "ciphertext", where="key_hsm", max_chars=MAX_RELEASE_JWS_BYTES)
     assert schema_version is not None and ciphertext_text is not None
     kid = _str_field(header, "kid", where="key_hsm.header")
     alg = _str_field(header, "alg", where="key_hsm.header")
@@ -640,7 +642,7 @@ def _parse_release_payload(payload: bytes, signer: x509.Certificate) -> ReleaseP
     request_kid = _str_field(request, "kid", where="request")
     nonce = _str_field(request, "nonce", where="request", required=False)
     assert api_version is not None and enc is not None and request_kid is not None
-    key_hsm_text = _str_field(key, "key_hsm", where="response.key.key")
+    key_hsm_text = _str_field(key, "key_hsm", where="response.key.key", max_chars=MAX_RELEASE_JWS_BYTES)
     assert key_hsm_text is not None
     key_hsm = _parse_key_hsm(key_hsm_text)
     if key_hsm.enc != enc:
@@ -670,7 +672,7 @@ def _parse_release_payload(payload: bytes, signer: x509.Certificate) -> ReleaseP
     if policy is not None:
         if not isinstance(policy, dict):
             raise VerificationError("release payload release_policy is not an object")
-        data_text = _str_field(policy, "data", where="release_policy")
+        data_text = _str_field(policy, "data", where="release_policy", max_chars=MAX_RELEASE_JWS_BYTES)
         assert data_text is not None
         immutable = policy.get("immutable")
         if immutable is not None and not isinstance(immutable, bool):

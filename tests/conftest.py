@@ -22,7 +22,5 @@ def real_data_dir() -> Path:
 def real_data() -> Path:
     path = real_data_dir()
     if not (path / "expected.json").is_file():
-        pytest.fail(
-            f"real test vectors not found at {path}; place ../shared beside the clone or set SKR_TESTDATA"
-        )
+        pytest.fail(f"real test vectors not found at {path}; place ../shared beside the clone or set SKR_TESTDATA")
     return path

@@ -112,9 +112,7 @@ def parse_certificate_table(data: bytes) -> CertificateTable:
                 f"certificate table entry {index} (0x{offset:x}+{length}) runs past the end ({len(data)} bytes)"
             )
         if length > MAX_CERT_SIZE:
-            raise VerificationError(
-                f"certificate table entry {index} is {length} bytes (max {MAX_CERT_SIZE})"
-            )
+            raise VerificationError(f"certificate table entry {index} is {length} bytes (max {MAX_CERT_SIZE})")
         entries.append(CertEntry(guid=guid, data=data[offset : offset + length]))
     return CertificateTable(tuple(entries))
 

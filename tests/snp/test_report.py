@@ -196,9 +196,7 @@ def test_random_bytes_never_crash_the_parser(data: bytes) -> None:
     st.sampled_from(sorted(EXPECTED)),
     st.lists(st.tuples(st.integers(0, REPORT_SIZE - 1), st.integers(1, 255)), min_size=1, max_size=8),
 )
-def test_mutated_real_reports_parse_or_fail_typed_and_round_trip(
-    name: str, flips: list[tuple[int, int]]
-) -> None:
+def test_mutated_real_reports_parse_or_fail_typed_and_round_trip(name: str, flips: list[tuple[int, int]]) -> None:
     data = bytearray(_load(name))
     for offset, xor in flips:
         data[offset] ^= xor

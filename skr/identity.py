@@ -79,13 +79,16 @@ class _CachingCredential:
         if len(scopes) != 1:
             raise ValueError("exactly one scope is supported")
         opts = options or {}
-        key = (scopes[0], opts.get("tenant_id"), opts.get("claims"))
+        # Keyed by scope and claims only: the prefetch (no tenant) and the SDK's challenge-driven
+        # call (with the vault's tenant) must share one token; a single-tenant credential returns
+        # the same token for both, or fails if the tenant is not its own.
+        key = (scopes[0], None, opts.get("claims"))
         cached = self._cache.get(key)
         if cached is not None and cached.expires_on - REFRESH_MARGIN_SECONDS > time.time():
             return cached
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.ensure_future(self._fetch(scopes[0], tenant_id=key[1], claims=key[2]))
+            flight = asyncio.ensure_future(self._fetch(scopes[0], tenant_id=opts.get("tenant_id"), claims=key[2]))
             self._flights[key] = flight
             flight.add_done_callback(lambda _: self._flights.pop(key, None))
         token = await asyncio.shield(flight)

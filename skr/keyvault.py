@@ -48,6 +48,7 @@ from skr.errors import (
 )
 from skr.jose import ReleasePayload, verify_release_jws
 from skr.sensitive import Sensitive
+from skr.upstream import RetryPolicy, Upstream
 
 __all__ = ["DEFAULT_ENC", "KeyName", "ReleasedJwk", "VaultClient"]
 
@@ -55,6 +56,7 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_ENC: Final = "CKM_RSA_AES_KEY_WRAP"
 MAX_REASON: Final = 400
+_CHALLENGE_API_VERSION: Final = "7.4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class VaultClient:
         timeout: float = 15.0,
         api_version: str | None = None,
         retry_total: int = 2,
+        challenge_upstream: Upstream | None = None,
     ) -> None:
         self._transport_factory = transport_factory
         self._trusted_roots = tuple(trusted_roots)
@@ -113,6 +116,7 @@ class VaultClient:
         self._timeout = timeout
         self._api_version = api_version
         self._retry_total = retry_total
+        self._challenge_upstream = challenge_upstream
 
     async def release(
         self,
@@ -146,6 +150,42 @@ class VaultClient:
             raise InvalidUpstreamResponseError("key vault release response has no value", service="keyvault")
         payload = self._verify(jws, vault)
         return _unwrap(payload, key, wrapping_key, enc)
+
+    async def prime_challenge(self, vault: Endpoint, key: KeyName) -> bool:
+        """Learn the vault's authentication challenge ahead of the release; True if now cached.
+
+        The SDK discovers the challenge with an unauthenticated request the first time it talks to a
+        vault, which costs a full round trip on the critical path. Sent here, concurrently with
+        attestation, the same request costs nothing. The SDK still validates the cached challenge
+        (tenant, scope and, for DNS hosts, that the resource matches the vault) when it uses it.
+        This touches the SDK's challenge cache module (``_shared.http_challenge_cache``): pinned
+        SDK versions; any failure only means the SDK discovers the challenge itself.
+        """
+        if self._challenge_upstream is None:
+            return False
+        url = f"{vault.base_url}/keys/{key.name}/release?api-version={self._api_version or _CHALLENGE_API_VERSION}"
+        try:
+            from azure.keyvault.keys._shared import http_challenge_cache  # noqa: PLC0415
+            from azure.keyvault.keys._shared.http_challenge import HttpChallenge  # noqa: PLC0415
+
+            if http_challenge_cache.get_challenge_for_url(url) is not None:
+                return True
+            response = await self._challenge_upstream.request(
+                "POST",
+                url,
+                data=b"",
+                headers={"Content-Type": "application/json"},
+                expected=frozenset({401}),
+                retry=RetryPolicy(attempts=1, timeout=min(self._timeout, 5.0)),
+            )
+            header = response.headers.get("WWW-Authenticate", "")
+            if response.status != 401 or " " not in header.strip():
+                return False
+            http_challenge_cache.set_challenge_for_url(url, HttpChallenge(url, header, dict(response.headers)))
+        except (SkrError, ImportError, ValueError, AttributeError) as exc:
+            _logger.debug("could not prime the auth challenge of %s: %s", vault, type(exc).__name__)
+            return False
+        return True
 
     def _verify(self, jws: str, vault: Endpoint) -> ReleasePayload:
         try:

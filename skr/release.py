@@ -293,13 +293,18 @@ class KeyReleaser:
             raise BadRequestError("no access_token in the request and no identity is configured")
         wrapping = await self._keys.current()
         scope = scope_for(vault, self.options.managed_hsm_hosts)
-        # The identity token does not depend on attestation: fetch both at once.
-        identity_task = asyncio.ensure_future(credential.get_token(scope, enable_cae=True))
+        # Neither the identity token nor the vault's auth challenge depends on attestation: fetch
+        # them while the report and MAA steps run, so only report -> MAA -> release is sequential.
+        side_tasks = [
+            asyncio.ensure_future(credential.get_token(scope, enable_cae=True)),
+            asyncio.ensure_future(self._vault.prime_challenge(vault, key)),
+        ]
         try:
             token = await self.attestation_token(instance, wrapping)
-            await identity_task
+            await asyncio.gather(*side_tasks)
         except BaseException:
-            identity_task.cancel()
+            for task in side_tasks:
+                task.cancel()
             raise
         return await self._vault.release(
             vault, key, attestation_token=token.raw, credential=credential, wrapping_key=wrapping, enc=enc

@@ -153,6 +153,7 @@ async def build_runtime(
             clock=clock,
             timeout=settings.akv_timeout,
             api_version=settings.akv_api_version or None,
+            challenge_upstream=upstream("keyvault-challenge", settings.akv_timeout, attempts=1),
         ),
         identity=identity,
         allow=settings.allow_list(),

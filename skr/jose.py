@@ -33,12 +33,16 @@ from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509 import verification as x509_verification
 
 from skr.errors import VerificationError
+
+# A corrupt version field raises InvalidVersion (not a ValueError); an odd key type raises
+# UnsupportedAlgorithm. Both mean "not a certificate we can use".
+_CERT_PARSE_ERRORS = (ValueError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 __all__ = [
     "DEFAULT_LEEWAY",
@@ -271,7 +275,7 @@ def _rsa_key_from_jwk(jwk: Mapping[str, Any], *, index: int) -> rsa.RSAPublicKey
         der = b64_decode_standard(x5c[0], what=f"{what} x5c[0]", max_bytes=MAX_CERT_BYTES)
         try:
             cert_key = x509.load_der_x509_certificate(der).public_key()
-        except ValueError:
+        except _CERT_PARSE_ERRORS:
             raise VerificationError(f"{what} x5c[0] is not a DER certificate") from None
         if not isinstance(cert_key, rsa.RSAPublicKey):
             raise VerificationError(f"{what} x5c[0] does not hold an RSA key")
@@ -539,7 +543,7 @@ def _load_x5c(header: Mapping[str, Any]) -> list[x509.Certificate]:
         der = b64_decode_standard(entry, what=f"release JWS x5c[{index}]", max_bytes=MAX_CERT_BYTES)
         try:
             certs.append(x509.load_der_x509_certificate(der))
-        except ValueError:
+        except _CERT_PARSE_ERRORS:
             raise VerificationError(f"release JWS x5c[{index}] is not a DER certificate") from None
     return certs
 

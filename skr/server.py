@@ -3,7 +3,7 @@
 Handlers only parse, call :class:`skr.release.KeyReleaser`, and serialise. One middleware turns
 every :class:`skr.errors.SkrError` into ``{"error": ..., "code": ...}`` with the status from
 :func:`skr.errors.http_status_for`; anything unexpected becomes a 500 without details. Bodies are
-capped, JSON is validated, every response carries a request id, and key responses are
+capped, JSON is validated, every response carries a request id, and every response is
 ``Cache-Control: no-store``.
 """
 
@@ -111,6 +111,9 @@ async def _middleware(
                 _error_body("internal error; see the sidecar log", "internal_error", state), status=500
             )
         response.headers["X-Request-Id"] = request_id
+        # Nothing this API answers may be cached: keys, tokens, reports, and errors about them.
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
         if state.simulated_banner:
             response.headers["X-SKR-Simulated"] = state.simulated_banner
         state.metrics.requests.labels(route, str(response.status)).inc()
@@ -180,25 +183,22 @@ async def status(request: web.Request) -> web.Response:
     state = request.app[STATE]
     readiness = state.readiness()
     if all(readiness.values()):
-        return web.json_response({"message": "STATUS OK"})
+        return _json(state, {"message": "STATUS OK"})
     body: dict[str, Any] = {"message": "STATUS NOT OK", "ready": readiness}
     if state.startup_error:
         body["reason"] = state.startup_error
-    if state.simulated_banner:
-        body["warning"] = state.simulated_banner
-    return web.json_response(body, status=503)
+    return _json(state, body, status=503)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    return _json(request.app[STATE], {"status": "alive"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     readiness = state.readiness()
-    return web.json_response(
-        {"ready": all(readiness.values()), **readiness}, status=200 if all(readiness.values()) else 503
-    )
+    ready = all(readiness.values())
+    return _json(state, {"ready": ready, **readiness}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -246,7 +246,7 @@ async def attest_maa(request: web.Request) -> web.Response:
     runtime_data = _runtime_data(body)
     _require_platform(state)
     token = await state.releaser.attest(maa, runtime_data)
-    return _json(state, {"token": token.raw.reveal()}, no_store=True)
+    return _json(state, {"token": token.raw.reveal()})
 
 
 async def key_release(request: web.Request) -> web.Response:
@@ -269,17 +269,13 @@ async def key_release(request: web.Request) -> web.Response:
     state.metrics.releases.labels("released").inc()
     _logger.info("released key %s (%s)", released.kid, released.kty)
     # The Go sidecar's shape: the JWK serialised as a JSON string inside {"key": ...}.
-    return _json(state, {"key": json.dumps(released.jwk.reveal(), separators=(",", ":"))}, no_store=True)
+    return _json(state, {"key": json.dumps(released.jwk.reveal(), separators=(",", ":"))})
 
 
-def _json(state: AppState, body: dict[str, Any], *, no_store: bool = False) -> web.Response:
+def _json(state: AppState, body: dict[str, Any], *, status: int = 200) -> web.Response:
     if state.simulated_banner:
         body = {**body, "warning": state.simulated_banner}
-    response = web.json_response(body)
-    if no_store:
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Pragma"] = "no-cache"
-    return response
+    return web.json_response(body, status=status)
 
 
 def create_app(state: AppState) -> web.Application:

@@ -188,7 +188,7 @@ class ImdsEmulator(HostedEmulator):
             resource = request.query.get("resource", "")
             if not resource:
                 raise _ImdsError("Required query variable 'resource' is missing")
-            if len(resource) > _MAX_QUERY_VALUE or not resource.startswith(("https://", "http://", "api://")):
+            if len(resource) > _MAX_QUERY_VALUE or any(c.isspace() for c in resource):
                 raise _ImdsError("Invalid resource")
             identity = self._select(request.query)
         except _ImdsError as exc:

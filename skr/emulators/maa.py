@@ -667,14 +667,15 @@ class MaaEmulator(HostedEmulator):
         clock: Clock = time.time,
     ) -> None:
         super().__init__(faults=faults)
+        self._trusted_roots: tuple[TrustedRoots, ...] | None
         if trusted_roots is None:
-            self.trusted_roots: tuple[TrustedRoots, ...] = _default_trusted_roots()
+            self._trusted_roots = None  # the simulated roots, generated on first use (slow RSA-4096)
         elif isinstance(trusted_roots, TrustedRoots):
-            self.trusted_roots = (trusted_roots,)
+            self._trusted_roots = (trusted_roots,)
         else:
-            self.trusted_roots = tuple(trusted_roots)
-        if not self.trusted_roots:
-            raise ValueError("at least one set of trusted roots is required")
+            self._trusted_roots = tuple(trusted_roots)
+            if not self._trusted_roots:
+                raise ValueError("at least one set of trusted roots is required")
         self.require_uvm_endorsement = require_uvm_endorsement
         self.uvm_root_fingerprints = set(uvm_root_fingerprints)
         self.uvm_feeds = set(uvm_feeds)
@@ -870,6 +871,13 @@ class MaaEmulator(HostedEmulator):
             claims["nonce"] = request.nonce
         return claims
 
+    @property
+    def trusted_roots(self) -> tuple[TrustedRoots, ...]:
+        """The AMD roots evidence must chain to."""
+        if self._trusted_roots is None:
+            self._trusted_roots = _default_trusted_roots()
+        return self._trusted_roots
+
     def _verify_evidence(self, report: AttestationReport, chain: bytes, now: dt.datetime) -> VerifiedAttestation:
         failures: list[str] = []
         for roots in self.trusted_roots:
@@ -877,11 +885,14 @@ class MaaEmulator(HostedEmulator):
                 return verify_attestation(report, chain, trusted=roots, now=now)
             except VerificationError as exc:
                 failures.append(exc.message)
+            except (ValueError, x509.InvalidVersion) as exc:  # defensive: malformed certificates
+                failures.append(f"a supplied certificate is malformed ({type(exc).__name__})")
         raise MaaRequestError("EvidenceVerificationFailed", f"SEV-SNP evidence verification failed: {failures[0]}")
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
     def build_app(self) -> web.Application:
+        _ = self.trusted_roots  # resolve (and generate, if simulated) before serving, not mid-request
         app = self._new_app(client_max_size=MAX_BODY)
         app.router.add_post("/attest/{attestation_type}", self._attest_route, name="maa.attest")
         app.router.add_get("/certs", self._certs_route, name="maa.certs")

@@ -227,7 +227,7 @@ class EmulatorStack:
             platform=self.platform,
             faults=self.faults,
         )
-        roots: list[TrustedRoots] = [simulated_trusted_roots()]
+        roots: list[TrustedRoots] = [simulated_trusted_roots((self.platform.product,))]
         if config.trust_amd_roots:
             roots.append(TrustedRoots.amd())
         self.maa = MaaEmulator(
@@ -400,7 +400,7 @@ class EmulatorStack:
 
     def environment(self) -> dict[str, str]:
         """Environment variables pointing azure-identity at the emulators (workload identity + IMDS)."""
-        if self.ca_file is None or self.federated_token_file is None:
+        if not self.running or self.ca_file is None or self.federated_token_file is None:
             raise RuntimeError("the stack is not running")
         return {
             "AZURE_AUTHORITY_HOST": self.entra.url,
@@ -414,7 +414,7 @@ class EmulatorStack:
 
     def state(self) -> dict[str, Any]:
         """The ``skr dev`` state document (minus ``sidecar_url``, which the sidecar adds)."""
-        if self.ca_file is None:
+        if not self.running or self.ca_file is None:
             raise RuntimeError("the stack is not running")
         return {
             "simulated": SIMULATED_BANNER,

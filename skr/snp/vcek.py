@@ -97,7 +97,7 @@ def load_amd_der_certificate(der: bytes) -> x509.Certificate:
     try:
         with amd_certificate_warnings_suppressed():
             return x509.load_der_x509_certificate(bytes(der))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # a corrupt version field is not a ValueError
         raise VerificationError(f"certificate is not valid DER X.509: {exc}") from None
 
 
@@ -112,7 +112,7 @@ def load_amd_pem_certificates(pem: bytes, *, max_count: int) -> list[x509.Certif
     try:
         with amd_certificate_warnings_suppressed():
             certificates = x509.load_pem_x509_certificates(bytes(pem))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError(f"certificate PEM is not valid: {exc}") from None
     for certificate in certificates:
         if len(certificate.public_bytes(serialization.Encoding.DER)) > MAX_CERTIFICATE_SIZE:

@@ -142,6 +142,17 @@ class DevStack:
         await self.emulators.stop()
 
 
+def write_state_file(path: Path, state: dict[str, Any]) -> None:
+    """Write the state JSON once, atomically, mode 0600: readers see all of it or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(state, handle, indent=2)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
 def curl_commands(dev: DevStack) -> list[str]:
     """Commands that work as pasted while the stack runs."""
     url = dev.sidecar_url
@@ -182,14 +193,10 @@ async def self_test(dev: DevStack, out: TextIO) -> bool:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     faults = [parse_fault(text) for text in args.fault]
-    dev = await DevStack.start(port=args.port, faults=faults)
+    dev = await DevStack.start(port=args.port, faults=faults, settings_overrides={"log_level": args.log_level})
     try:
         if args.state_file:
-            path = Path(args.state_file)
-            dev.emulators.write_state(path)
-            state = dev.state()
-            path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            os.chmod(path, 0o600)
+            write_state_file(Path(args.state_file), dev.state())
         out.write(f"\n*** {SIMULATED_BANNER} ***\n")
         out.write(f"[SIMULATED] sidecar: {dev.sidecar_url}\n")
         for name, value in dev.state().items():

@@ -18,6 +18,8 @@ from azure.identity import ClientSecretCredential, WorkloadIdentityCredential
 from azure.identity.aio import ClientSecretCredential as AsyncClientSecretCredential
 from azure.identity.aio import WorkloadIdentityCredential as AsyncWorkloadIdentityCredential
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from skr.emulators.entra import (
     CLIENT_ASSERTION_TYPE,
@@ -26,6 +28,7 @@ from skr.emulators.entra import (
     EntraEmulator,
     FederatedCredential,
     ServiceAccountIssuer,
+    _EntraError,
 )
 from skr.emulators.faults import Fault, FaultKind
 from skr.emulators.pytest_plugin import SECRET_CLIENT_ID, SECRET_CLIENT_SECRET
@@ -483,3 +486,29 @@ def test_secrets_do_not_leak_into_reprs() -> None:
     assert "super-secret-value" not in repr(entra._clients)
     with pytest.raises(ValueError):
         entra.add_client_secret("app", "")
+
+
+_form_fields = st.sampled_from(
+    ["grant_type", "client_id", "scope", "client_secret", "client_assertion", "client_assertion_type", "claims", "x"]
+)
+_form_values = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(["client_credentials", DEFAULT_CLIENT_ID, VAULT_SCOPE, CLIENT_ASSERTION_TYPE, "{}", "[]"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_form_fields, _form_values, max_size=7))
+def test_token_grant_fuzz_answers_or_refuses_cleanly(form: dict[str, str]) -> None:
+    entra = _FUZZ_ENTRA
+    try:
+        response = entra._grant(form)
+    except _EntraError as exc:
+        assert exc.status in (400, 401)
+        assert exc.description
+    else:
+        assert response.status == 200
+
+
+_FUZZ_ENTRA = EntraEmulator()
+_FUZZ_ENTRA.add_workload_identity(DEFAULT_CLIENT_ID)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -23,7 +24,7 @@ async def _ok(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def served() -> tuple[EmulatorServer, FaultSet]:
+async def served() -> AsyncIterator[tuple[EmulatorServer, FaultSet]]:
     faults = FaultSet()
     app = create_emulator_app(faults=faults)
     app.router.add_get("/a", _ok, name="svc.a")

@@ -69,7 +69,7 @@ def parse_thim_json(data: bytes) -> ThimCertificates:
     """Parse ``{"vcekCert","tcbm","certificateChain","cacheControl"}`` (field case tolerated)."""
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise VerificationError("THIM certificate JSON is not valid JSON") from None
     if not isinstance(document, dict):
         raise VerificationError("THIM certificate JSON is not an object")
@@ -87,7 +87,11 @@ def _b64_file(path: Path) -> bytes | None:
         return None
     if path.stat().st_size > MAX_CONTEXT_FILE:
         raise VerificationError(f"{path} is larger than {MAX_CONTEXT_FILE} bytes")
-    return _b64(path.read_text(encoding="ascii", errors="strict"), str(path))
+    try:
+        text = path.read_text(encoding="ascii", errors="strict")
+    except UnicodeDecodeError:
+        raise VerificationError(f"{path} is not base64 text") from None
+    return _b64(text, str(path))
 
 
 def _b64(text: str, what: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -46,8 +47,8 @@ def _port(text: str) -> int:
 
 def _positive(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise ValueError("must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive, finite number")
     return value
 
 
@@ -200,7 +201,7 @@ def parse_go_sidecar_args(encoded: str) -> dict[str, Any]:
     """
     try:
         document = json.loads(base64.b64decode(encoded.strip(), validate=True))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise ConfigError("SkrSideCarArgs is not base64-encoded JSON") from None
     if not isinstance(document, dict):
         raise ConfigError("SkrSideCarArgs must be a JSON object")

@@ -90,10 +90,15 @@ class _CachingCredential:
         if flight is None:
             flight = asyncio.ensure_future(self._fetch(scopes[0], tenant_id=opts.get("tenant_id"), claims=key[2]))
             self._flights[key] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(key, None))
+            flight.add_done_callback(lambda done: self._settle(key, done))
         token = await asyncio.shield(flight)
         self._cache[key] = token
         return token
+
+    def _settle(self, key: tuple[str, str | None, str | None], done: asyncio.Future[AccessTokenInfo]) -> None:
+        self._flights.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: a prefetch whose waiter gave up must not log "never retrieved"
 
     async def get_token(
         self,

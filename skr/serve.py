@@ -26,7 +26,7 @@ from aiohttp import web
 from skr.config import Settings
 from skr.errors import ConfigError, SkrError
 from skr.runtime import Runtime, build_runtime, utc_now
-from skr.server import AppState, Metrics, create_app
+from skr.server import AppState, Metrics, SidecarRunner, create_app
 from skr.snp.device import ReportProvider
 from skr.snp.platform import select_provider
 from skr.snp.verify import TrustedRoots
@@ -115,7 +115,7 @@ async def start_sidecar(
         max_body_bytes=settings.max_body_bytes,
         simulated_banner=simulated_banner,
     )
-    runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False)
+    runner = SidecarRunner(create_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     try:

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from skr.errors import BadRequestError, BodyTooLargeError, NotReadyError, SkrError, http_status_for
 from skr.logs import request_id_var
 from skr.release import KeyReleaser
 
-__all__ = ["AppState", "Metrics", "create_app"]
+__all__ = ["AppState", "Metrics", "SidecarRunner", "create_app"]
 
 _logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class AppState:
 
 
 STATE: Final = web.AppKey("skr_state", AppState)
+_CLOSE_AFTER: Final = "skr.close_after_response"
 
 
 def _error_body(message: str, code: str, state: AppState | None) -> dict[str, Any]:
@@ -105,11 +108,19 @@ async def _middleware(
         except web.HTTPException as exc:
             code, message = _http_exception_code(exc)
             response = web.json_response(_error_body(message, code, state), status=exc.status)
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        except ConnectionError:
+            # The client went away mid-request; there is nobody to answer. aiohttp closes the socket.
+            _logger.debug("client disconnected during %s %s", request.method, route)
+            raise
         except Exception:
             _logger.exception("unexpected error handling %s %s", request.method, route)
             response = web.json_response(
                 _error_body("internal error; see the sidecar log", "internal_error", state), status=500
             )
+        if request.get(_CLOSE_AFTER):
+            response.force_close()
         response.headers["X-Request-Id"] = request_id
         # Nothing this API answers may be cached: keys, tokens, reports, and errors about them.
         response.headers["Cache-Control"] = "no-store"
@@ -137,15 +148,23 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     state = request.app[STATE]
     if request.content_length is not None and request.content_length > state.max_body_bytes:
         raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes")
-    raw = await request.content.read(state.max_body_bytes + 1)
-    if len(raw) > state.max_body_bytes:
-        raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes")
+    try:
+        # The whole body, however it arrives (segments, chunks); aiohttp enforces client_max_size.
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes") from None
+    except (RequestPayloadError, BadHttpMessage):
+        # The rest of the body cannot be parsed: stop aiohttp from draining it after we answer, and
+        # close the connection once the 400 is sent (framing is lost).
+        request.content.feed_eof()
+        request[_CLOSE_AFTER] = True
+        raise BadRequestError("request body could not be read (bad framing or content encoding)") from None
     if not raw.strip():
         raise BadRequestError("request body must be a JSON object")
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequestError("request body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequestError("request body is not valid JSON (or is nested too deeply)") from None
     if not isinstance(document, dict):
         raise BadRequestError("request body must be a JSON object")
     return document
@@ -276,6 +295,49 @@ def _json(state: AppState, body: dict[str, Any], *, status: int = 200) -> web.Re
     if state.simulated_banner:
         body = {**body, "warning": state.simulated_banner}
     return web.json_response(body, status=status)
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's protocol handler, answering unparsable requests with the API's JSON error body.
+
+    Errors the HTTP parser detects (bad request line, framing, oversized headers, unknown methods)
+    never reach the middleware; aiohttp answers them itself with text. This keeps its logging and
+    connection handling and replaces only the body.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if a response was sent
+        code = "bad_request" if status < 500 else "internal_error"
+        text = "malformed HTTP request" if status < 500 else "internal error; see the sidecar log"
+        response = web.json_response({"error": text, "code": code}, status=status)
+        response.headers["X-Request-Id"] = uuid.uuid4().hex
+        response.headers["Cache-Control"] = "no-store"
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class SidecarRunner(web.AppRunner):
+    """An AppRunner whose connections answer protocol-level errors with JSON too.
+
+    Relies on aiohttp's ``Server.__call__`` / ``_loop`` / ``_kwargs`` (aiohttp is pinned; the HTTP
+    fuzzer in tests/fuzz fails loudly if this stops working).
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 def create_app(state: AppState) -> web.Application:

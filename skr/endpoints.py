@@ -64,6 +64,8 @@ class Endpoint:
             raise BadRequestError(f"{what} must be a bare host or https://host[:port], without path or credentials")
         host, port = value, None
         if value.startswith("["):
+            if "]" not in value:
+                raise BadRequestError(f"{what} has an unterminated IPv6 literal")
             inner, _, rest = value[1:].partition("]")
             host = inner
             if rest:

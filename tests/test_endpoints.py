@@ -30,7 +30,7 @@ def test_accepted_forms(text: str, netloc: str) -> None:
 @pytest.mark.parametrize(
     "text",
     ["", "http://kv.vault.azure.net", "https://https://kv", "kv.vault.azure.net/keys", "user@kv.vault.azure.net",
-     "kv.vault.azure.net?x=1", "kv:0", "kv:99999", "bad_host", "-bad.net", "a" * 400, "kv..net"],
+     "kv.vault.azure.net?x=1", "[::1", "kv:0", "kv:99999", "bad_host", "-bad.net", "a" * 400, "kv..net"],
 )  # fmt: skip
 def test_rejected_forms(text: str) -> None:
     with pytest.raises(BadRequestError):

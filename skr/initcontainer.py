@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -36,6 +36,7 @@ from skr.keyvault import KeyName
 from skr.runtime import build_runtime
 from skr.snp.device import ReportProvider
 from skr.snp.platform import select_provider
+from skr.snp.verify import TrustedRoots
 
 __all__ = ["FORMATS", "ReleaseJob", "parse_kids", "run_release", "write_atomically"]
 
@@ -86,6 +87,8 @@ async def run_release(
     *,
     platform: ReportProvider | None = None,
     rng: random.Random | None = None,
+    environ: Mapping[str, str] | None = None,
+    amd_roots: TrustedRoots | None = None,
 ) -> int:
     """Release every key of ``job``; return the process exit code."""
     if job.fmt not in FORMATS:
@@ -93,7 +96,7 @@ async def run_release(
     for kid in job.kids:
         KeyName.parse(kid)
     provider = platform or select_provider(configfs_root=settings.configfs_root, sev_guest_path=settings.device_path)
-    runtime = await build_runtime(settings, platform=provider)
+    runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots)
     jitter = rng or random.Random()  # noqa: S311 - backoff jitter
     loop = asyncio.get_running_loop()
     deadline = loop.time() + job.timeout

@@ -81,6 +81,8 @@ class DevStack:
     emulators: EmulatorStack
     sidecar: RunningSidecar
     platform: SimulatedPlatform
+    settings: Settings
+    environ: dict[str, str]
 
     @property
     def sidecar_url(self) -> str:
@@ -135,7 +137,7 @@ class DevStack:
         except BaseException:
             await emulators.stop()
             raise
-        return cls(emulators, sidecar, platform)
+        return cls(emulators, sidecar, platform, settings, environ)
 
     async def stop(self) -> None:
         await self.sidecar.stop()

@@ -486,6 +486,32 @@ def _run_dev(args: argparse.Namespace, out: TextIO) -> int:
     return result
 
 
+def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="SIMULATED: measure the design.md quality bars against loopback emulators",
+        description="Run the sidecar against the Azure emulators on a SIMULATED SEV-SNP platform with injected "
+        "latencies (MAA 150 ms, Entra 100 ms, Key Vault 100 ms); print each figure, its goal and the ratio. "
+        "NOT A TEE: for development only.",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write every figure and sample as JSON")
+    parser.add_argument(
+        "--runs", type=int, default=None, metavar="N", help="independent runs (default 5; 1 with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 run, fewer samples, a 5,000-request soak")
+    parser.add_argument(
+        "--soak-requests", type=int, default=None, metavar="N", help="soak length (default 50000; 0 skips the soak)"
+    )
+    parser.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
+    # Like `skr dev`: loaded by name, only for this developer command.
+    bench = importlib.import_module("skr.testing.bench")
+    result: int = bench.main(args, out)
+    return result
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -500,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(subparsers)
     _add_verify(subparsers)
     _add_dev(subparsers)
+    _add_bench(subparsers)
     _add_doctor(subparsers)
     return parser
 

@@ -95,6 +95,10 @@ class _CachingCredential:
         self._cache[key] = token
         return token
 
+    def invalidate(self) -> None:
+        """Forget cached tokens (the vault refused one); the next call fetches afresh."""
+        self._cache.clear()
+
     def _settle(self, key: tuple[str, str | None, str | None], done: asyncio.Future[AccessTokenInfo]) -> None:
         self._flights.pop(key, None)
         if not done.cancelled():
@@ -175,6 +179,7 @@ class AzureIdentity(_CachingCredential):
         self._authority_host = authority_host or environ.get("AZURE_AUTHORITY_HOST") or None
         self._verify = connection_verify
         self._inner: _AsyncCredential | None = None
+        self._closing: set[asyncio.Future[None]] = set()
 
     def _credential(self) -> _AsyncCredential:
         if self._inner is None:
@@ -214,9 +219,20 @@ class AzureIdentity(_CachingCredential):
             ) from None
         return AccessTokenInfo(token.token, token.expires_on)
 
+    def invalidate(self) -> None:
+        """Forget every cached token, azure-identity's own cache included (a fresh credential)."""
+        super().invalidate()
+        stale, self._inner = self._inner, None
+        if stale is not None:
+            closing = asyncio.ensure_future(stale.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
         if self._inner is not None:
             await self._inner.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"AzureIdentity(kind={self.kind!r})"

@@ -25,7 +25,9 @@ from typing import Any, Final
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    DecodeError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -144,7 +146,13 @@ class VaultClient:
         except SkrError:
             raise
         except Exception as exc:  # the SDK's exception family is wide; map it in one place
-            raise _map_sdk_error(exc, vault, key) from None
+            error = _map_sdk_error(exc, vault, key)
+            if isinstance(error, IdentityUnavailableError):
+                # The vault refused the token: never offer it again (a fresh one may be fine).
+                invalidate = getattr(credential, "invalidate", None)
+                if callable(invalidate):
+                    invalidate()
+            raise error from None
         jws = getattr(result, "value", None)
         if not isinstance(jws, str) or not jws:
             raise InvalidUpstreamResponseError("key vault release response has no value", service="keyvault")
@@ -230,6 +238,10 @@ def _reason(exc: Exception) -> str:
 
 def _map_sdk_error(exc: Exception, vault: Endpoint, key: KeyName) -> SkrError:
     status = getattr(exc, "status_code", None)
+    if isinstance(exc, DecodeError | IncompleteReadError):
+        return InvalidUpstreamResponseError(
+            f"{vault} sent an unreadable release response ({type(exc).__name__})", service="keyvault"
+        )
     if isinstance(exc, ResourceNotFoundError) or status == 404:
         return KeyNotFoundError(f"key {key} was not found in {vault}: check the key name and version")
     if isinstance(exc, ClientAuthenticationError) or status == 401:

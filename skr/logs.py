@@ -22,7 +22,8 @@ __all__ = ["configure_logging", "redact", "request_id_var"]
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# Whole JWTs, and their header.claims prefix (a truncated token is still a secret).
+_JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}(\.[A-Za-z0-9_-]*)?")
 _PEM_PRIVATE: Final = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
 _BEARER: Final = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _JSON_SECRET: Final = re.compile(r'(?i)("(?:k|d|p|q|dp|dq|qi|access_token|token|client_secret)"\s*:\s*")[^"]{6,}(")')

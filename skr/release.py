@@ -34,7 +34,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from skr.collateral import Collateral, CollateralResolver, SecurityContext
 from skr.crypto import WrappingKey, generate_wrapping_key
 from skr.endpoints import AllowList, Endpoint, EndpointKind
-from skr.errors import BadRequestError, NotReadyError
+from skr.errors import BadRequestError, IdentityUnavailableError, NotReadyError
 from skr.identity import RequestTokenCredential, scope_for
 from skr.keyvault import DEFAULT_ENC, KeyName, ReleasedJwk, VaultClient
 from skr.maa import MaaClient, MaaEvidence, MaaToken
@@ -82,6 +82,7 @@ class ReleaseOptions:
     token_refresh_margin: timedelta = timedelta(minutes=5)
     wrapping_key_max_age: timedelta = timedelta(hours=8)
     released_key_ttl: timedelta | None = None  # cache released keys in memory; off by default
+    identity_timeout: float = 15.0  # seconds for the access token, fetched beside attestation
     vmpl: int = 0
     managed_hsm_hosts: frozenset[str] = field(default_factory=frozenset)
 
@@ -301,7 +302,14 @@ class KeyReleaser:
         ]
         try:
             token = await self.attestation_token(instance, wrapping)
-            await asyncio.gather(*side_tasks)
+            try:
+                await asyncio.wait_for(asyncio.gather(*side_tasks), self.options.identity_timeout)
+            except TimeoutError:
+                raise IdentityUnavailableError(
+                    f"no access token within {self.options.identity_timeout:.0f} s: the identity provider "
+                    "(Entra ID or IMDS) did not answer in time",
+                    service="identity",
+                ) from None
         except BaseException:
             for task in side_tasks:
                 task.cancel()

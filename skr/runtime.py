@@ -101,6 +101,10 @@ async def build_runtime(
 ) -> Runtime:
     """Build the release core. ``amd_roots`` defaults to the pinned AMD roots."""
     env = os.environ if environ is None else environ
+    # azure-identity logs an unparsable token response, body (and so the token) included, at
+    # WARNING. The sidecar owns this process's logging: keep that logger at ERROR and above.
+    identity_logger = logging.getLogger("azure.identity")
+    identity_logger.setLevel(max(logging.ERROR, identity_logger.getEffectiveLevel()))
     context = ssl_context(settings.ca_file)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=context, limit=64, ttl_dns_cache=300),
@@ -161,6 +165,7 @@ async def build_runtime(
         options=ReleaseOptions(
             wrapping_key_bits=settings.wrapping_key_bits,
             released_key_ttl=timedelta(seconds=settings.released_key_ttl) if settings.released_key_ttl > 0 else None,
+            identity_timeout=settings.akv_timeout,
             managed_hsm_hosts=settings.managed_hsm_netlocs(),
         ),
         security_context=security_context,

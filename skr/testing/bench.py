@@ -58,7 +58,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from skr.config import Settings
-from skr.errors import EXIT_INTERNAL, EXIT_OK, PlatformUnavailableError
+from skr.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, PlatformUnavailableError
 from skr.serve import RunningSidecar, start_sidecar, wait_for_stop_signal
 from skr.snp.device import RawEvidence, validate_report_request
 from skr.snp.report import REPORT_SIZE, Product
@@ -993,24 +993,33 @@ class _Components:
 
 
 async def _measure_fresh_process(stack: _Stack, result: dict[str, Any]) -> _Child:
-    """Spawn a sidecar process; start-to-ready, idle RSS, first and second release, RSS after."""
+    """Spawn a sidecar process; start-to-ready, idle RSS, first and second release, RSS after.
+
+    Returns the still-running child (the caller stops it); stops it itself if a step fails.
+    """
     kid, akv = stack.rsa_key
     child = await _spawn_child("sidecar", stack.state_dir, stack.child_config())
-    async with aiohttp.ClientSession() as session:
-        ready_at = await _wait_ready(session, child.url)
-        result["process_listening_s"] = child.listening_at - child.spawned_at
-        result["process_start_to_ready_s"] = ready_at - child.spawned_at
-        await asyncio.sleep(SETTLE_SECONDS)
-        result["idle_rss_mib"] = rss_mib(child.pid)
-        stack.clear_requests()
-        since = time.time()
-        result["first_release_s"], _ = await _release(session, child.url, kid, akv)
-        result["first_release_timeline"] = stack.timeline(since)
-        result["first_release_maa_calls"] = stack.count("maa.attest")
-        stack.clear_requests()
-        result["second_release_s"], _ = await _release(session, child.url, kid, akv)
-        result["second_release_maa_calls"] = stack.count("maa.attest")
-        result["rss_after_first_release_mib"] = rss_mib(child.pid)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ready_at = await _wait_ready(session, child.url)
+            result["process_listening_s"] = child.listening_at - child.spawned_at
+            result["process_start_to_ready_s"] = ready_at - child.spawned_at
+            await asyncio.sleep(SETTLE_SECONDS)
+            result["idle_rss_mib"] = rss_mib(child.pid)
+            stack.clear_requests()
+            since = time.time()
+            result["first_release_s"], _ = await _release(session, child.url, kid, akv)
+            result["first_release_timeline"] = timeline = stack.timeline(since)
+            if timeline:
+                result["first_upstream_ms"] = timeline[0]["at_ms"]
+            result["first_release_maa_calls"] = stack.count("maa.attest")
+            stack.clear_requests()
+            result["second_release_s"], _ = await _release(session, child.url, kid, akv)
+            result["second_release_maa_calls"] = stack.count("maa.attest")
+            result["rss_after_first_release_mib"] = rss_mib(child.pid)
+    except BaseException:
+        await child.stop()
+        raise
     return child
 
 
@@ -1071,11 +1080,13 @@ async def _status_profile(url: str, pid: int, options: BenchOptions) -> dict[str
 async def _measure_status(child: _Child, stack: _Stack, options: BenchOptions) -> dict[str, Any]:
     bare = await _spawn_child("bare", stack.state_dir)
     try:
+        await asyncio.sleep(SETTLE_SECONDS)
+        bare_rss = rss_mib(bare.pid)
         bare_profile = await _status_profile(bare.url, bare.pid, options)
         sidecar_profile = await _status_profile(child.url, child.pid, options)
     finally:
         await bare.stop()
-    return {"sidecar": sidecar_profile, "bare": bare_profile}
+    return {"sidecar": sidecar_profile, "bare": bare_profile, "bare_idle_rss_mib": bare_rss}
 
 
 async def _measure_in_process(stack: _Stack) -> dict[str, Any]:
@@ -1088,10 +1099,15 @@ async def _measure_in_process(stack: _Stack) -> dict[str, Any]:
             ready_at = await _wait_ready(session, url)
             await asyncio.sleep(SETTLE_SECONDS)
             stack.clear_requests()
+            since = time.time()
             first, _ = await _release(session, url, kid, akv)
+            timeline = stack.timeline(since)
     finally:
         await sidecar.stop()
-    return {"inprocess_start_to_ready_s": ready_at - started, "inprocess_first_release_s": first}
+    result: dict[str, Any] = {"inprocess_start_to_ready_s": ready_at - started, "inprocess_first_release_s": first}
+    if timeline:
+        result["inprocess_first_upstream_ms"] = timeline[0]["at_ms"]
+    return result
 
 
 async def _measure_concurrent(options: BenchOptions) -> dict[str, Any]:
@@ -1322,6 +1338,13 @@ def compute_figures(
         rss_goal,
     )
     add(
+        "bare_rss",
+        "idle RSS, bare aiohttp /status app process (the floor)",
+        "MiB",
+        _values(runs, "status", "bare_idle_rss_mib"),
+        role="baseline",
+    )
+    add(
         "rss_after_first_release",
         "RSS, sidecar process, after the first release (SDKs loaded)",
         "MiB",
@@ -1335,6 +1358,18 @@ def compute_figures(
         "first release, fresh sidecar process (KV latency on every request)",
         "ms",
         ms("first_release_s"),
+    )
+    add(
+        "first_upstream",
+        "first release: local work before its first upstream request (fresh process)",
+        "ms",
+        _values(runs, "first_upstream_ms"),
+    )
+    add(
+        "first_upstream_inprocess",
+        "first release: local work before its first upstream request (in-process)",
+        "ms",
+        _values(runs, "inprocess_first_upstream_ms"),
     )
     add(
         "critical_path",
@@ -1524,6 +1559,17 @@ def _notes(runs: Sequence[Mapping[str, Any]], options: BenchOptions) -> list[str
         "caches; in-process figures run after those modules were imported",
         "MAA /certs, Entra discovery and the vault's own fetch of MAA's keys carry no injected latency",
     ]
+    utilisation = [
+        value
+        for run in runs
+        for value in _values([run], "status", "sidecar", "server_cpu_utilisation")
+        + _values([run], "status", "bare", "server_cpu_utilisation")
+    ]
+    if utilisation and max(utilisation) < 0.8:
+        notes.append(
+            f"/status req/s is client-bound: the servers used at most {max(utilisation):.0%} of a core under "
+            "load, so compare server CPU per request rather than req/s"
+        )
     timelines = [run["first_release_timeline"] for run in runs if run.get("first_release_timeline")]
     if timelines:
         middle = timelines[len(timelines) // 2]
@@ -1607,9 +1653,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         options = options_from_args(args)
     except ValueError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return EXIT_INTERNAL
-    out.write(f"*** {SIMULATED_BANNER} ***\n")
-    out.flush()
+        return EXIT_USAGE
+    sys.stderr.write(f"*** {SIMULATED_BANNER} ***\n")
     try:
         report = asyncio.run(run_bench(options))
     except RuntimeError as exc:

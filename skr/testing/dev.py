@@ -112,20 +112,20 @@ class DevStack:
             context_dir = emulators.write_security_context(emulators.state_dir / "security-context")
             state = emulators.state()
             hosts = {name: Endpoint.parse(state[f"{name}_url"]).netloc for name in ("maa", "keyvault", "managedhsm")}
-            settings = Settings(
-                port=port,
-                maa_endpoint=hosts["maa"],
-                akv_endpoint=hosts["keyvault"],
-                allowed_maa_endpoints=(hosts["maa"],),
-                allowed_akv_endpoints=(hosts["keyvault"], hosts["managedhsm"]),
-                managed_hsm_hosts=(hosts["managedhsm"],),
-                ca_file=state["ca_file"],
-                thim_url=state["imds_url"],
-                azcache_url=state["certcache_url"],
-                kds_url=state["kds_url"],
-                security_context_dir=str(context_dir),
-                **(settings_overrides or {}),
-            )
+            wiring: dict[str, Any] = {
+                "port": port,
+                "maa_endpoint": hosts["maa"],
+                "akv_endpoint": hosts["keyvault"],
+                "allowed_maa_endpoints": (hosts["maa"],),
+                "allowed_akv_endpoints": (hosts["keyvault"], hosts["managedhsm"]),
+                "managed_hsm_hosts": (hosts["managedhsm"],),
+                "ca_file": state["ca_file"],
+                "thim_url": state["imds_url"],
+                "azcache_url": state["certcache_url"],
+                "kds_url": state["kds_url"],
+                "security_context_dir": str(context_dir),
+            }
+            settings = Settings(**{**wiring, **(settings_overrides or {})})
             environ = {**os.environ, **emulators.environment()}
             sidecar = await start_sidecar(
                 settings,

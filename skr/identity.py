@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -180,8 +181,13 @@ class AzureIdentity(_CachingCredential):
         self._verify = connection_verify
         self._inner: _AsyncCredential | None = None
         self._closing: set[asyncio.Future[None]] = set()
+        self._build_lock = threading.Lock()
 
     def _credential(self) -> _AsyncCredential:
+        with self._build_lock:  # preload builds it in a worker thread; a request may race it
+            return self._build_credential()
+
+    def _build_credential(self) -> _AsyncCredential:
         if self._inner is None:
             from azure.identity.aio import (  # noqa: PLC0415 - imported on first use; heavy module
                 ManagedIdentityCredential,
@@ -202,6 +208,10 @@ class AzureIdentity(_CachingCredential):
             else:
                 self._inner = ManagedIdentityCredential(client_id=self._mi_client_id, **common)
         return self._inner
+
+    def preload(self) -> None:
+        """Build the azure-identity credential now (blocking imports; call from a worker thread)."""
+        self._credential()
 
     async def _fetch(self, scope: str, *, tenant_id: str | None, claims: str | None) -> AccessTokenInfo:
         try:

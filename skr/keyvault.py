@@ -15,6 +15,7 @@ release policy refused.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -158,6 +159,11 @@ class VaultClient:
             raise InvalidUpstreamResponseError("key vault release response has no value", service="keyvault")
         payload = self._verify(jws, vault)
         return _unwrap(payload, key, wrapping_key, enc)
+
+    def preload(self) -> None:
+        """Import the Key Vault SDK now (blocking; call from a worker thread), not on the first release."""
+        importlib.import_module("azure.keyvault.keys.aio")
+        importlib.import_module("azure.keyvault.keys._shared.http_challenge_cache")
 
     async def prime_challenge(self, vault: Endpoint, key: KeyName) -> bool:
         """Learn the vault's authentication challenge ahead of the release; True if now cached.

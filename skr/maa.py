@@ -158,6 +158,10 @@ class MaaClient:
             what="MAA token",
         )
 
+    async def prefetch_signing_keys(self, instance: Endpoint) -> None:
+        """Fetch and cache ``instance``'s signing keys ahead of the first token."""
+        await self._signing_keys(instance)
+
     async def _signing_keys(self, instance: Endpoint, *, refresh: bool = False) -> dict[str, rsa.RSAPublicKey]:
         lock = self._jwks_locks.setdefault(instance.netloc, asyncio.Lock())
         async with lock:

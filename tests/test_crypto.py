@@ -160,3 +160,24 @@ def test_b64url_round_trip(data: bytes) -> None:
 def test_b64url_rejects_other_alphabets(bad: str) -> None:
     with pytest.raises(ValueError):
         b64url_decode(bad)
+
+
+def test_inconsistent_rsa_parameters_are_refused() -> None:
+    # A PKCS#8 key whose CRT coefficient was tampered with: cheap arithmetic catches it without
+    # OpenSSL's (slow) full key check.
+    key = rsa.generate_private_key(65537, 2048)
+    numbers = key.private_numbers()
+    tampered = rsa.RSAPrivateNumbers(
+        numbers.p,
+        numbers.q,
+        numbers.d,
+        numbers.dmp1,
+        numbers.dmq1,
+        (numbers.iqmp + 1) % numbers.p,
+        numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    der = tampered.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(InvalidUpstreamResponseError, match="inconsistent"):
+        private_jwk_from_key_bytes("RSA-HSM", Sensitive(der), kid=None, key_ops=None)

@@ -76,7 +76,7 @@ class AppState:
 
 
 STATE: Final = web.AppKey("skr_state", AppState)
-_CLOSE_AFTER: Final = "skr.close_after_response"
+_CLOSE_AFTER: Final = web.RequestKey("skr_close_after_response", bool)
 
 
 def _error_body(message: str, code: str, state: AppState | None) -> dict[str, Any]:

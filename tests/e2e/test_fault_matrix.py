@@ -135,6 +135,12 @@ def maa(kind: FaultKind, expected: str, route: str = "maa.attest", **kw: Any) ->
     return _case(route, kind, expected, MAA_BOUND, **kw)
 
 
+def maa_certs(kind: FaultKind, expected: str, **kw: Any) -> Case:
+    # A sidecar with a default MAA prefetches /certs at warm-up; these rows use one without a
+    # default (the request names the MAA), so /certs is fetched on the first release, under the fault.
+    return _case("maa.certs", kind, expected, MAA_BOUND, setup="no_default_maa", **kw)
+
+
 def kv(kind: FaultKind, expected: str, **kw: Any) -> Case:
     return _case("keyvault.release", kind, expected, AKV_BOUND, setup="shared", **kw)
 
@@ -189,10 +195,10 @@ MATRIX: dict[str, Any] = {
     "maa-attest-expired-token":   maa(EXPIRED, "invalid_upstream_response", times=1),
     "maa-attest-unknown-kid":     maa(UNKNOWN_KID, "invalid_upstream_response", times=1),
     # --- MAA signing keys (/certs) -------------------------------------------------------------------
-    "maa-certs-503":              maa(E503, "upstream_unavailable", route="maa.certs"),
-    "maa-certs-500-once":         maa(E500, RECOVERS, route="maa.certs", times=1),
-    "maa-certs-hang":             maa(HANG, "upstream_timeout", route="maa.certs"),
-    "maa-certs-malformed":        maa(MALFORMED, "invalid_upstream_response", route="maa.certs"),
+    "maa-certs-503":              maa_certs(E503, "upstream_unavailable"),
+    "maa-certs-500-once":         maa_certs(E500, RECOVERS, times=1),
+    "maa-certs-hang":             maa_certs(HANG, "upstream_timeout"),
+    "maa-certs-malformed":        maa_certs(MALFORMED, "invalid_upstream_response"),
     # --- Key Vault release (the DevStack's own sidecar; EXPIRED_TOKEN does not apply to a JWS) -------
     "kv-release-latency":         kv(LATENCY, "upstream_timeout", delay=SLOW),
     "kv-release-429-once":        kv(RATE_LIMIT, RECOVERS, times=1),
@@ -327,6 +333,8 @@ def _emulator(stack: EmulatorStack, upstream: str) -> HostedEmulator:
 
 def _body(stack: EmulatorStack, case: Case) -> dict[str, str]:
     body = {"kid": case.kid}
+    if case.setup == "no_default_maa":
+        body["maa_endpoint"] = netloc(stack.state()["maa_url"])
     if case.vault == "managedhsm":
         body["akv_endpoint"] = netloc(stack.state()["managedhsm_url"])
     return body
@@ -344,6 +352,8 @@ def _sidecar_options(dev: DevStack, setup: str, monkeypatch: pytest.MonkeyPatch)
     context = str(stack.state_dir / "security-context")  # DevStack wrote it at start
     if setup == "fresh":
         return {**TIMEOUTS, "security_context_dir": context}
+    if setup == "no_default_maa":
+        return {**TIMEOUTS, "security_context_dir": context, "maa_endpoint": ""}
     if setup == "managed_identity":
         environ = _managed_identity_environ(stack, monkeypatch)
         return {**TIMEOUTS, "security_context_dir": context, "environ": environ}

@@ -451,12 +451,9 @@ class KeyVaultEmulator(HostedEmulator):
                 hsm=kty.endswith("-HSM") or self.flavour is Flavour.MANAGED_HSM,
                 material=material,
                 key_ops=seed.key_ops,
-                exportable=seed.exportable,
-                enabled=True,
+                attributes=_Attributes(exportable=seed.exportable, enabled=True, not_before=None, expires=None),
                 policy=policy_stored,
                 tags={},
-                not_before=None,
-                expires=None,
             )
             versions.append(stored.version)
         return versions
@@ -604,13 +601,12 @@ class KeyVaultEmulator(HostedEmulator):
         hsm: bool,
         material: PrivateMaterial,
         key_ops: Sequence[str] | None,
-        exportable: bool,
-        enabled: bool,
+        attributes: _Attributes,
         policy: _StoredPolicy | None,
         tags: Mapping[str, str],
-        not_before: int | None,
-        expires: int | None,
     ) -> _KeyVersion:
+        exportable, enabled = attributes.exportable, attributes.enabled
+        not_before, expires = attributes.not_before, attributes.expires
         if _KEY_NAME.fullmatch(name) is None:
             raise _bad_parameter("The key name must be 1-127 characters of letters, digits and '-'.")
         if exportable and policy is None:
@@ -675,12 +671,9 @@ class KeyVaultEmulator(HostedEmulator):
             hsm=kty.endswith("-HSM"),
             material=material,
             key_ops=key_ops,
-            exportable=attributes.exportable,
-            enabled=attributes.enabled,
+            attributes=attributes,
             policy=policy,
             tags=tags,
-            not_before=attributes.not_before,
-            expires=attributes.expires,
         )
         return web.json_response(self._bundle(stored, self._vault_url(request)))
 
@@ -710,12 +703,9 @@ class KeyVaultEmulator(HostedEmulator):
             hsm=hsm,
             material=material,
             key_ops=key_ops,
-            exportable=attributes.exportable,
-            enabled=attributes.enabled,
+            attributes=attributes,
             policy=policy,
             tags=tags,
-            not_before=attributes.not_before,
-            expires=attributes.expires,
         )
         return web.json_response(self._bundle(stored, self._vault_url(request)))
 

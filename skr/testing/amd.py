@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, hmac, serialization
@@ -625,36 +625,6 @@ class SimulatedAmd:
         unsigned = report.to_bytes()
         return unsigned[:0x2A0] + r.to_bytes(72, "little") + s.to_bytes(72, "little") + unsigned[0x2A0 + 144 :]
 
-    def sign_report(
-        self,
-        report_data: bytes,
-        *,
-        version: int = 3,
-        host_data: bytes = bytes(32),
-        measurement: bytes | None = None,
-        policy: int | GuestPolicy = 0x30000,
-        vmpl: int = 0,
-        guest_svn: int = 0,
-        family_id: bytes = bytes(16),
-        image_id: bytes = bytes(16),
-        reported_tcb: TcbVersion | int | None = None,
-        chip_id: bytes | None = None,
-        mitigation_vector: int | None = None,
-    ) -> bytes:
-        """A signed 1184-byte report (see :meth:`build_report` for the fields)."""
-        return self.sign(
-            self.build_report(
-                report_data,
-                version=version,
-                host_data=host_data,
-                measurement=measurement,
-                policy=policy,
-                vmpl=vmpl,
-                guest_svn=guest_svn,
-                family_id=family_id,
-                image_id=image_id,
-                reported_tcb=reported_tcb,
-                chip_id=chip_id,
-                mitigation_vector=mitigation_vector,
-            )
-        )
+    def sign_report(self, report_data: bytes, **fields: Any) -> bytes:
+        """A signed 1184-byte report; ``fields`` are :meth:`build_report`'s keyword arguments."""
+        return self.sign(self.build_report(report_data, **fields))

@@ -55,7 +55,7 @@ from skr.snp.configfs import DEFAULT_TSM_REPORT_ROOT
 from skr.snp.device import DEFAULT_SEV_GUEST_PATH
 from skr.snp.report import REPORT_SIZE, AttestationReport, Product, parse_report
 from skr.snp.validate import ValidationOptions, validate_report
-from skr.snp.vcek import amd_certificate_warnings_suppressed
+from skr.snp.vcek import serial_zero_warnings_suppressed
 from skr.snp.verify import (
     MAX_CERTIFICATE_INPUT,
     MAX_CERTIFICATES,
@@ -110,7 +110,7 @@ def _report_bytes(data: bytes) -> bytes:
 
 
 def _certificate_json(certificate: x509.Certificate) -> dict[str, Any]:
-    with amd_certificate_warnings_suppressed():  # AMD VCEKs have serial 0
+    with serial_zero_warnings_suppressed():  # AMD VCEKs have serial 0
         serial = certificate.serial_number
     return {
         "subject": certificate.subject.rfc4514_string(),

@@ -15,7 +15,6 @@ bytes are PKCS#8 DER for RSA and EC keys and raw bytes for oct keys.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
@@ -27,7 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
-from skr.errors import InvalidUpstreamResponseError
+from skr.errors import InvalidUpstreamResponseError, VerificationError
+from skr.jose import b64url_decode as jose_b64url_decode
+from skr.jose import b64url_encode
 from skr.sensitive import Sensitive
 
 __all__ = [
@@ -52,22 +53,12 @@ ALLOWED_WRAPPING_KEY_SIZES: Final = frozenset({2048, 3072, 4096})
 MAX_WRAPPED_KEY_BYTES: Final = 64 * 1024
 
 
-def b64url_encode(data: bytes) -> str:
-    """Unpadded base64url, the JOSE form."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def b64url_decode(text: str) -> bytes:
     """Decode base64url with or without padding; raises ValueError on anything else."""
-    if not isinstance(text, str) or not text.isascii():
-        raise ValueError("not base64url text")
-    stripped = text.rstrip("=")
-    if any(c not in _B64URL_ALPHABET for c in stripped) or len(stripped) % 4 == 1:
-        raise ValueError("not base64url text")
-    return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-
-
-_B64URL_ALPHABET: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    try:
+        return jose_b64url_decode(text, what="value")
+    except VerificationError as exc:
+        raise ValueError(exc.message) from None
 
 
 def _int_b64(value: int, length: int | None = None) -> str:

@@ -21,7 +21,7 @@ from typing import Final
 
 from skr.errors import BadRequestError, EndpointNotAllowedError
 
-__all__ = ["AZURE_PUBLIC_SUFFIXES", "AllowList", "Endpoint", "EndpointKind"]
+__all__ = ["AZURE_PUBLIC_SUFFIXES", "AllowList", "Endpoint", "EndpointKind", "is_loopback_host"]
 
 _HOST_LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MAX_ENDPOINT_LENGTH: Final = 300
@@ -95,6 +95,16 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self.netloc
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_port(text: str, what: str) -> int:

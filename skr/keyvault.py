@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from azure.core.pipeline.transport import AioHttpTransport
 from cryptography import x509
 
 from skr.crypto import ENC_ALGORITHMS, WrappingKey, b64url_decode, private_jwk_from_key_bytes, unwrap_released_key
-from skr.endpoints import Endpoint
+from skr.endpoints import Endpoint, is_loopback_host
 from skr.errors import (
     BadRequestError,
     IdentityUnavailableError,
@@ -216,7 +215,7 @@ class VaultClient:
             "transport": self._transport_factory(),
             # Challenge resource verification is for DNS names; a loopback vault (emulators) can
             # only be reached when the allow-list names it exactly.
-            "verify_challenge_resource": not _is_loopback(vault.host),
+            "verify_challenge_resource": not is_loopback_host(vault.host),
             "retry_total": self._retry_total,
         }
         if self._api_version:
@@ -224,15 +223,6 @@ class VaultClient:
         # The credential can differ per request (request tokens), so a client is a cheap wrapper built
         # per call over the shared transport; the SDK's challenge cache is process-wide.
         return KeyClient(vault.base_url, credential, **kwargs)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _reason(exc: Exception) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,6 @@ from pathlib import Path
 import aiohttp
 from azure.core.pipeline.transport import AioHttpTransport
 from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
 
 from skr.collateral import CollateralResolver, SecurityContext
 from skr.config import Settings
@@ -29,6 +27,7 @@ from skr.keyvault import VaultClient
 from skr.maa import MaaClient
 from skr.release import KeyReleaser, ReleaseOptions
 from skr.snp.device import ReportProvider
+from skr.snp.vcek import serial_zero_warnings_suppressed
 from skr.snp.verify import TrustedRoots
 from skr.upstream import RetryPolicy, Upstream
 
@@ -37,7 +36,6 @@ __all__ = ["Runtime", "build_runtime", "system_trust_roots", "utc_now"]
 _logger = logging.getLogger(__name__)
 
 MAX_CA_FILE = 4 * 1024 * 1024
-_SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
 
 
 def utc_now() -> datetime:
@@ -48,10 +46,8 @@ def _load_pem_file(path: str) -> list[x509.Certificate]:
     data = Path(path).read_bytes()
     if len(data) > MAX_CA_FILE:
         raise ValueError(f"{path} is larger than {MAX_CA_FILE} bytes")
-    # Some CA bundles carry a root with serial number 0 (RFC 5280 wants a positive serial), which
-    # makes cryptography warn on load. A trust anchor's serial carries no trust: silence exactly that.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SERIAL_WARNING, category=CryptographyDeprecationWarning)
+    # Some CA bundles carry a root with serial number 0: a trust anchor's serial carries no trust.
+    with serial_zero_warnings_suppressed():
         return x509.load_pem_x509_certificates(data)
 
 

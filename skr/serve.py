@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from datetime import datetime
 from aiohttp import web
 
 from skr.config import Settings
+from skr.endpoints import is_loopback_host
 from skr.errors import ConfigError, SkrError
 from skr.runtime import Runtime, build_runtime, utc_now
 from skr.server import AppState, Metrics, SidecarRunner, create_app
@@ -38,13 +38,7 @@ _logger = logging.getLogger(__name__)
 
 def check_bind_address(host: str, *, unsafe: bool) -> None:
     """Loopback only, unless the operator explicitly accepts the risk."""
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if loopback:
+    if is_loopback_host(host):
         return
     if not unsafe:
         raise ConfigError(

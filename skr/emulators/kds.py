@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from skr.emulators.faults import FaultSet
 from skr.emulators.server import HostedEmulator
 from skr.snp.report import Product, SigningKey, TcbVersion
-from skr.snp.vcek import amd_certificate_warnings_suppressed
+from skr.snp.vcek import serial_zero_warnings_suppressed
 from skr.testing.amd import SimulatedAmd
 
 __all__ = ["CertCacheEmulator", "KdsEmulator", "PlatformRegistry"]
@@ -66,7 +66,7 @@ def _text(status: int, message: str) -> web.Response:
 
 
 def _pem(certificate_der: bytes) -> bytes:
-    with amd_certificate_warnings_suppressed():  # AMD VCEKs carry serial number 0
+    with serial_zero_warnings_suppressed():  # AMD VCEKs carry serial number 0
         return x509.load_der_x509_certificate(certificate_der).public_bytes(serialization.Encoding.PEM)
 
 

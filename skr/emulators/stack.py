@@ -37,7 +37,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,7 @@ from skr.emulators.kds import CertCacheEmulator, KdsEmulator
 from skr.emulators.maa import COMPLIANCE_ACI, MICROSOFT_UVM_ROOT_FINGERPRINT, MaaEmulator, UvmEndorsementSigner
 from skr.emulators.server import HostedEmulator
 from skr.emulators.tls import TestCertificateAuthority
+from skr.initcontainer import write_atomically
 from skr.snp.report import Product
 from skr.snp.verify import TrustedRoots
 from skr.testing import SIMULATED_BANNER
@@ -439,11 +439,5 @@ class EmulatorStack:
 
     def write_state(self, path: Path) -> Path:
         """Write :meth:`state` as JSON (mode 0600, atomically) and return ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(self.state(), handle, indent=2)
-            handle.write("\n")
-        tmp.replace(path)
+        write_atomically(path, json.dumps(self.state(), indent=2).encode() + b"\n")
         return path

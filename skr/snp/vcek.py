@@ -13,7 +13,7 @@ gets 0 for them).
 
 AMD VCEKs carry serial number 0. ``cryptography`` (50.x) warns about that on load and on reading
 ``serial_number`` (``CryptographyDeprecationWarning``: "Parsed a serial number which wasn't
-positive ..."). :func:`amd_certificate_warnings_suppressed` silences exactly that warning, around
+positive ..."). :func:`serial_zero_warnings_suppressed` silences exactly that warning, around
 exactly the calls that touch AMD certificates, instead of a process-wide filter that would hide the
 same warning for every other certificate the process reads.
 """
@@ -39,11 +39,11 @@ __all__ = [
     "HWID_SIZE_V0",
     "MAX_CERTIFICATE_SIZE",
     "AmdCertExtensions",
-    "amd_certificate_warnings_suppressed",
     "load_amd_der_certificate",
     "load_amd_pem_certificates",
     "parse_amd_extensions",
     "product_from_name",
+    "serial_zero_warnings_suppressed",
 ]
 
 _AMD_ARC: Final = "1.3.6.1.4.1.3704.1"
@@ -70,12 +70,13 @@ _PRINTABLE_ASCII: Final = re.compile(r"[\x20-\x7e]*")
 
 
 @contextlib.contextmanager
-def amd_certificate_warnings_suppressed() -> Iterator[None]:
+def serial_zero_warnings_suppressed() -> Iterator[None]:
     """Silence cryptography's "serial number wasn't positive" warning, and nothing else.
 
     AMD issues every VCEK and VLEK with serial number 0 (RFC 5280 wants a positive serial); the
     warning says nothing about the certificate's trustworthiness, which comes from the pinned AMD
-    chain. Use this only around loading (or reading the serial of) AMD certificates.
+    chain. Some CA bundles also carry a root with serial 0, where trust comes from the operator's
+    store. Use this only around loading (or reading the serial of) such certificates.
 
     ``warnings.catch_warnings`` swaps process-global filter state (Python 3.11); the window is one
     certificate load, and another thread's warning raised inside it would see the same narrow
@@ -95,7 +96,7 @@ def load_amd_der_certificate(der: bytes) -> x509.Certificate:
     if len(der) > MAX_CERTIFICATE_SIZE:
         raise VerificationError(f"certificate of {len(der)} bytes exceeds {MAX_CERTIFICATE_SIZE}")
     try:
-        with amd_certificate_warnings_suppressed():
+        with serial_zero_warnings_suppressed():
             return x509.load_der_x509_certificate(bytes(der))
     except (ValueError, x509.InvalidVersion) as exc:  # a corrupt version field is not a ValueError
         raise VerificationError(f"certificate is not valid DER X.509: {exc}") from None
@@ -110,7 +111,7 @@ def load_amd_pem_certificates(pem: bytes, *, max_count: int) -> list[x509.Certif
     if pem.count(b"-----BEGIN") > max_count:
         raise VerificationError(f"more than {max_count} certificates supplied")
     try:
-        with amd_certificate_warnings_suppressed():
+        with serial_zero_warnings_suppressed():
             certificates = x509.load_pem_x509_certificates(bytes(pem))
     except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError(f"certificate PEM is not valid: {exc}") from None

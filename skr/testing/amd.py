@@ -59,7 +59,7 @@ from skr.snp.vcek import (
     OID_STRUCT_VERSION,
     OID_TEE_SPL,
     OID_UCODE_SPL,
-    amd_certificate_warnings_suppressed,
+    serial_zero_warnings_suppressed,
 )
 from skr.snp.verify import AMD_PSS_PADDING, TrustedRoots
 from skr.testing import SIMULATED_BANNER
@@ -132,7 +132,7 @@ def _der_ia5(text: str) -> bytes:
 
 
 def _sign_pss(builder: x509.CertificateBuilder, key: rsa.RSAPrivateKey) -> x509.Certificate:
-    with amd_certificate_warnings_suppressed():  # serial 0 for VCEK/VLEK, as AMD issues them
+    with serial_zero_warnings_suppressed():  # serial 0 for VCEK/VLEK, as AMD issues them
         return builder.sign(key, hashes.SHA384(), rsa_padding=AMD_PSS_PADDING)
 
 

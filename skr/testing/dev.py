@@ -32,6 +32,7 @@ from skr.emulators.faults import Fault, FaultKind
 from skr.emulators.stack import EmulatorStack
 from skr.endpoints import Endpoint
 from skr.errors import EXIT_INTERNAL, EXIT_OK, ConfigError
+from skr.initcontainer import write_atomically
 from skr.logs import configure_logging
 from skr.serve import RunningSidecar, start_sidecar, wait_for_stop_signal
 from skr.testing import SIMULATED_BANNER
@@ -146,13 +147,7 @@ class DevStack:
 
 def write_state_file(path: Path, state: dict[str, Any]) -> None:
     """Write the state JSON once, atomically, mode 0600: readers see all of it or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(state, handle, indent=2)
-        handle.write("\n")
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(state, indent=2).encode() + b"\n")
 
 
 def curl_commands(dev: DevStack) -> list[str]:

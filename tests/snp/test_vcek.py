@@ -26,11 +26,11 @@ from skr.snp.vcek import (
     OID_HWID,
     OID_PRODUCT_NAME,
     OID_UCODE_SPL,
-    amd_certificate_warnings_suppressed,
     load_amd_der_certificate,
     load_amd_pem_certificates,
     parse_amd_extensions,
     product_from_name,
+    serial_zero_warnings_suppressed,
 )
 
 
@@ -148,7 +148,7 @@ def test_plain_load_of_a_vcek_warns_and_the_amd_loader_does_not(real_data: Path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         certificate = load_amd_der_certificate(der)
-        with amd_certificate_warnings_suppressed():
+        with serial_zero_warnings_suppressed():
             assert certificate.serial_number == 0
     assert caught == []
 
@@ -156,7 +156,7 @@ def test_plain_load_of_a_vcek_warns_and_the_amd_loader_does_not(real_data: Path)
 def test_suppression_is_narrow() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with amd_certificate_warnings_suppressed():
+        with serial_zero_warnings_suppressed():
             warnings.warn("something else entirely", CryptographyDeprecationWarning, stacklevel=1)
             warnings.warn("Parsed a serial number which wasn't positive", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == [

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 # Benchmarks run on the SIMULATED platform by design; they are not production code.
-from skr.testing import SIMULATED_BANNER
-from skr.testing.bench import BenchOptions, BenchReport, Figure, run_bench
+from skr_dev import SIMULATED_BANNER
+from skr_dev.bench import BenchOptions, BenchReport, Figure, run_bench
 
 
 def _ms(figure: Figure | None) -> str:

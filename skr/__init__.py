@@ -4,9 +4,9 @@ Public modules:
 
 * :mod:`skr.errors`      the exception hierarchy and its HTTP / exit-code mapping
 * :mod:`skr.snp`         the SEV-SNP platform: report ABI, certificate table, verification, device
-* :mod:`skr.sensitive`   the redacting wrapper for secrets
+* :mod:`skr.primitives.sensitive`   the redacting wrapper for secrets
 
-``skr.testing`` (simulated AMD platform) and ``skr.emulators`` (local stand-ins for Azure) are for
+``skr_dev`` (simulated AMD platform) and ``skr_dev.emulators`` (local stand-ins for Azure) are for
 developers and tests only; no production module imports them.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from skr.cli import main
+from skr.shell.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -372,8 +372,8 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[in
 
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    if importlib.util.find_spec("skr.testing.dev") is None:
-        pytest.skip("skr dev (skr.testing.dev) is not available")
+    if importlib.util.find_spec("skr_dev.devstack") is None:
+        pytest.skip("skr dev (skr_dev.devstack) is not available")
     directory = tmp_path_factory.mktemp("skr-dev")
     state_file, log_file = directory / "state.json", directory / "dev.log"
     with log_file.open("wb") as log:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from skr.config import SETTINGS
 from skr.errors import _HTTP_STATUS
+from skr.shell.config import SETTINGS
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()

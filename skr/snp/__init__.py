@@ -5,7 +5,7 @@
 * :mod:`skr.snp.verify`    signature and AMD chain verification against pinned roots (pure)
 * :mod:`skr.snp.validate`  field policy over a verified report (pure)
 * :mod:`skr.snp.device`    the ``/dev/sev-guest`` ioctl binding and configfs-tsm (I/O)
-* :mod:`skr.snp.platform`  picks the platform interface present on this machine (I/O)
+* :mod:`skr.snp.provider`  picks the platform interface present on this machine (I/O)
 """
 
 from skr.snp.report import AttestationReport, Product, SigningKey, parse_report

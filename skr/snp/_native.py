@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import skr
 from skr.errors import BadRequestError, ConfigError, DeviceError
-from skr.sensitive import Sensitive
+from skr.primitives.sensitive import Sensitive
 
 __all__ = [
     "CERTS_PAGE_SIZE",

@@ -3,7 +3,7 @@
 Two kernel interfaces deliver the same evidence (a signed 1184-byte report plus the host's GHCB
 certificate table): the ``/dev/sev-guest`` ioctls (Linux >= 5.19, here) and configfs-tsm
 (Linux >= 6.7, :mod:`skr.snp.configfs`). Both implement :class:`ReportProvider`, return an
-unparsed :class:`RawEvidence` and raise only :mod:`skr.errors` types; :mod:`skr.snp.platform`
+unparsed :class:`RawEvidence` and raise only :mod:`skr.errors` types; :mod:`skr.snp.provider`
 picks one. There is no fake fallback: no device means :class:`PlatformUnavailableError`.
 
 The providers are blocking and stateless between calls (each call opens, asks and closes), so
@@ -42,7 +42,7 @@ from skr.errors import (
     FirmwareError,
     PlatformUnavailableError,
 )
-from skr.sensitive import Sensitive
+from skr.primitives.sensitive import Sensitive
 from skr.snp import _native
 from skr.snp._native import CallStatus, Stage
 from skr.snp.report import REPORT_SIZE

@@ -2,7 +2,7 @@
 
 Trust comes only from the roots pinned here (:meth:`TrustedRoots.amd`, package data copied from AMD
 KDS ``cert_chain`` answers) or from roots the caller hands in explicitly (the simulated platform in
-``skr.testing`` hands in its own). Certificates that arrive with a report are hints: the signer
+``skr_dev`` hands in its own). Certificates that arrive with a report are hints: the signer
 (VCEK or VLEK) is taken from them, but an ASK, ASVK or ARK among them must be byte-identical to the
 pinned one or the report is refused.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from skr.config import SETTINGS
+from skr.shell.config import SETTINGS
 from tests.blackbox.conftest import (
     DevProcess,
     assert_error,

@@ -1,10 +1,10 @@
-"""End-to-end helpers: the release core built by :func:`skr.runtime.build_runtime` (or a running
-sidecar from :func:`skr.serve.start_sidecar`) wired to a live :class:`EmulatorStack`.
+"""End-to-end helpers: the release core built by :func:`skr.shell.wiring.build_runtime` (or a running
+sidecar from :func:`skr.shell.serve.start_sidecar`) wired to a live :class:`EmulatorStack`.
 
 Why here and not DevStack alone: several suites need many short-lived release cores (fresh token,
 identity and collateral caches) against ONE set of emulators, and some need wiring DevStack does
 not offer (no certificate table, no security context, a forging MAA). The wiring below is the same
-as ``skr dev``'s (skr/testing/dev.py) so what is tested is what ships.
+as ``skr dev``'s (devstack/skr_dev/devstack.py) so what is tested is what ships.
 
 Nothing here mocks a collaborator of skr: every call crosses a real loopback socket to an emulator
 speaking the Azure protocol, and Key Vault public keys are read back with the real
@@ -26,15 +26,15 @@ import pytest_asyncio
 from azure.identity.aio import WorkloadIdentityCredential
 from azure.keyvault.keys.aio import KeyClient
 
-from skr.config import Settings
-from skr.emulators.server import HostedEmulator
-from skr.emulators.stack import EmulatorStack
-from skr.endpoints import Endpoint
-from skr.runtime import Runtime, build_runtime
-from skr.serve import RunningSidecar, start_sidecar
+from skr.core.endpoints import Endpoint
+from skr.shell.config import Settings
+from skr.shell.serve import RunningSidecar, start_sidecar
+from skr.shell.wiring import Runtime, build_runtime
 from skr.snp.device import ReportProvider
-from skr.testing import SIMULATED_BANNER
-from skr.testing.platform import SimulatedPlatform
+from skr_dev import SIMULATED_BANNER
+from skr_dev.emulators.server import HostedEmulator
+from skr_dev.emulators.stack import EmulatorStack
+from skr_dev.simulated.platform import SimulatedPlatform
 
 # Short deadlines so fault cases end quickly; every elapsed-time bound below is derived from these.
 E2E_TIMEOUTS: dict[str, float] = {"maa_timeout": 2.0, "akv_timeout": 3.0, "collateral_timeout": 2.0}

@@ -40,14 +40,14 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from skr.emulators.faults import Fault, FaultKind
-from skr.emulators.server import HostedEmulator
-from skr.emulators.stack import EmulatorStack
 from skr.errors import DeviceBusyError, FirmwareError, SkrError
-from skr.runtime import Runtime
+from skr.shell.wiring import Runtime
 from skr.snp.device import RawEvidence
-from skr.testing.dev import DevStack
-from skr.testing.platform import SimulatedPlatform
+from skr_dev.devstack import DevStack
+from skr_dev.emulators.faults import Fault, FaultKind
+from skr_dev.emulators.server import HostedEmulator
+from skr_dev.emulators.stack import EmulatorStack
+from skr_dev.simulated.platform import SimulatedPlatform
 from tests.e2e.conftest import (
     E2E_TIMEOUTS,
     MARGIN,
@@ -91,10 +91,10 @@ MATRIX_KEYS = (
 IDENTITY_VARIABLES = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST")
 
 KV_DECODE_BUG: Final = (
-    "BUG: skr/keyvault.py _map_sdk_error maps an unusable vault answer (azure-core DecodeError / "
+    "BUG: skr/core/keyvault.py _map_sdk_error maps an unusable vault answer (azure-core DecodeError / "
     "IncompleteReadError: malformed JSON or a truncated body under HTTP 200) to upstream_unavailable "
     "('answered HTTP 200' / 'release failed (IncompleteReadError)' with an 'unexpected error' warning); "
-    "it should be invalid_upstream_response, as skr/upstream.py does for MAA"
+    "it should be invalid_upstream_response, as skr/core/upstream.py does for MAA"
 )
 
 

@@ -32,14 +32,14 @@ from azure.core.pipeline.transport import AioHttpTransport
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from skr.crypto import generate_wrapping_key
-from skr.emulators.faults import Fault, FaultKind
-from skr.emulators.stack import EmulatorStack
-from skr.emulators.tls import TestCertificateAuthority
-from skr.endpoints import Endpoint
+from skr.core.crypto import generate_wrapping_key
+from skr.core.endpoints import Endpoint
+from skr.core.keyvault import KeyName, VaultClient
 from skr.errors import InvalidUpstreamResponseError, ReleaseDeniedError
-from skr.keyvault import KeyName, VaultClient
-from skr.runtime import Runtime
+from skr.shell.wiring import Runtime
+from skr_dev.emulators.faults import Fault, FaultKind
+from skr_dev.emulators.stack import EmulatorStack
+from skr_dev.emulators.tls import TestCertificateAuthority
 from tests.e2e.conftest import netloc, release_requests, start_runtime
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

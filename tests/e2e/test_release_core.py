@@ -1,6 +1,6 @@
 """Issue 5: the release core end to end — simulated SEV-SNP report → collateral → MAA emulator →
 Key Vault / Managed HSM emulator → verified JWS → unwrapped JWK — through the library API
-(:func:`skr.runtime.build_runtime` → :class:`skr.release.KeyReleaser`), no mocks.
+(:func:`skr.shell.wiring.build_runtime` → :class:`skr.core.release.KeyReleaser`), no mocks.
 
 What "correct" means here is checked against the vault itself: the public key is read back with the
 real azure-keyvault-keys ``KeyClient.get_key`` and must match the released private key (which must
@@ -25,10 +25,10 @@ from azure.keyvault.keys import JsonWebKey, KeyReleasePolicy, KeyType, KeyVaultK
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from skr.emulators.stack import EmulatorStack
+from skr.core.keyvault import ReleasedJwk
 from skr.errors import IdentityUnavailableError
-from skr.keyvault import ReleasedJwk
-from skr.runtime import Runtime
+from skr.shell.wiring import Runtime
+from skr_dev.emulators.stack import EmulatorStack
 from tests.e2e.conftest import (
     VaultAdmin,
     attest_requests,

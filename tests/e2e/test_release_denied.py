@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from skr.emulators.maa import COMPLIANCE_ACI, COMPLIANCE_AKS
-from skr.emulators.stack import EmulatorStack, default_release_policy
 from skr.errors import ReleaseDeniedError
-from skr.testing.platform import SimulatedPlatform
+from skr_dev.emulators.maa import COMPLIANCE_ACI, COMPLIANCE_AKS
+from skr_dev.emulators.stack import EmulatorStack, default_release_policy
+from skr_dev.simulated.platform import SimulatedPlatform
 from tests.e2e.conftest import release_requests, simulated_platform, start_runtime, start_stack_sidecar
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

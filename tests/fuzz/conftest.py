@@ -28,10 +28,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from skr.config import Settings
-from skr.serve import RunningSidecar, start_sidecar
-from skr.testing.amd import SimulatedAmd
-from skr.testing.platform import SimulatedPlatform
+from skr.shell.config import Settings
+from skr.shell.serve import RunningSidecar, start_sidecar
+from skr_dev.simulated.amd import SimulatedAmd
+from skr_dev.simulated.platform import SimulatedPlatform
 
 T = TypeVar("T")
 

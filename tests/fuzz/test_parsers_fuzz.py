@@ -35,19 +35,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from skr import jose
-from skr.collateral import SecurityContext, ThimCertificates, parse_thim_json
-from skr.config import SETTINGS, Settings, load_settings
-from skr.crypto import ENC_ALGORITHMS, generate_wrapping_key, unwrap_released_key
+from skr.core import jose
+from skr.core.collateral import SecurityContext, ThimCertificates, parse_thim_json
+from skr.core.crypto import ENC_ALGORITHMS, generate_wrapping_key, unwrap_released_key
+from skr.core.keyvault import KeyName
 from skr.errors import (
     BadRequestError,
     ConfigError,
     InvalidUpstreamResponseError,
     VerificationError,
 )
-from skr.keyvault import KeyName
+from skr.shell.config import SETTINGS, Settings, load_settings
 from skr.snp.verify import load_certificates
-from skr.testing.amd import SimulatedAmd
+from skr_dev.simulated.amd import SimulatedAmd
 from tests.conftest import real_data_dir
 
 FUZZ = settings(
@@ -120,7 +120,7 @@ def mutations(draw: st.DrawFn, original: str) -> str:
     return original[:at] + original[at].swapcase() + original[at + 1 :]
 
 
-# --- skr.jose: JSON and compact parsing ------------------------------------------------------------
+# --- skr.core.jose: JSON and compact parsing ------------------------------------------------------------
 
 
 @FUZZ
@@ -182,7 +182,7 @@ def test_parse_json_object_strictness(text: bytes) -> None:
         jose.parse_json_object(text, what="fuzz")
 
 
-# --- skr.jose: JWKS -------------------------------------------------------------------------------
+# --- skr.core.jose: JWKS -------------------------------------------------------------------------------
 
 KEY: Final = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 KID: Final = "fuzz-kid"
@@ -272,7 +272,7 @@ def test_jwks_certificate_with_unknown_key_type_is_a_verification_error() -> Non
         jose.keys_from_jwks(document)
 
 
-# --- skr.jose: RS256 JWTs -------------------------------------------------------------------------
+# --- skr.core.jose: RS256 JWTs -------------------------------------------------------------------------
 
 ISSUER: Final = "https://fuzz.attest.example"
 AUDIENCE: Final = "https://fuzz.audience.example"
@@ -442,7 +442,7 @@ def test_signed_tokens_with_arbitrary_payloads(payload: bytes) -> None:
     assert verified.issuer == ISSUER  # only a payload that satisfies every claim rule gets here
 
 
-# --- skr.jose: release JWS ------------------------------------------------------------------------
+# --- skr.core.jose: release JWS ------------------------------------------------------------------------
 
 MHSM_HOST: Final = "timovkeyvaulthsm.managedhsm.azure.net"  # only a certificate name here; nothing connects
 MHSM_TIME: Final = datetime(2022, 5, 27, 12, 0, tzinfo=UTC)
@@ -659,7 +659,7 @@ def test_release_payload_random_bytes(payload: bytes) -> None:
         _verify_local(_sign_release(payload))
 
 
-# --- skr.config -----------------------------------------------------------------------------------
+# --- skr.shell.config -----------------------------------------------------------------------------------
 
 ENV_NAMES: Final = [setting.env for setting in SETTINGS] + ["Port", "LogLevel"]
 CONFIG_TEXT: Final = (
@@ -725,7 +725,7 @@ def test_load_settings_random_environment(env: dict[str, str], sidecar_args: str
     assert set(loaded.redacted()) == {setting.name for setting in SETTINGS}
 
 
-# --- skr.crypto.unwrap_released_key ---------------------------------------------------------------
+# --- skr.core.crypto.unwrap_released_key ---------------------------------------------------------------
 
 WRAPPING: Final = generate_wrapping_key(2048)
 ENCS: Final = sorted(ENC_ALGORITHMS)
@@ -771,7 +771,7 @@ def test_unwrap_round_trip_and_any_single_change_is_refused(
         unwrap_released_key(WRAPPING, other, wrapped)
 
 
-# --- skr.collateral -------------------------------------------------------------------------------
+# --- skr.core.collateral -------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -923,7 +923,7 @@ def test_load_certificates_real_inputs() -> None:
     assert counts == [3, 1, 2, 3, 3]
 
 
-# --- skr.keyvault.KeyName -------------------------------------------------------------------------
+# --- skr.core.keyvault.KeyName -------------------------------------------------------------------------
 
 
 @settings(FUZZ, max_examples=400)

@@ -1,6 +1,6 @@
 """Fixtures for the platform I/O tests: the seccomp-emulated /dev/sev-guest and the FUSE configfs-tsm.
 
-Both emulators answer with reports signed by the simulated AMD chip (skr.testing.amd), so what
+Both emulators answer with reports signed by the simulated AMD chip (skr_dev.simulated.amd), so what
 the providers return can be verified by skr.snp.verify exactly like real evidence.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from skr.snp.report import Product
-from skr.testing.amd import SimulatedAmd
+from skr_dev.simulated.amd import SimulatedAmd
 from tests.snp.configfs_emulator import FuseUnavailable, Generator, TsmConfigfs
 from tests.snp.sevguest_emulator import (
     Command,

@@ -21,7 +21,7 @@ from skr.errors import (
 from skr.snp.configfs import ConfigfsTsmProvider
 from skr.snp.report import parse_report
 from skr.snp.verify import verify_attestation
-from skr.testing.amd import SimulatedAmd
+from skr_dev.simulated.amd import SimulatedAmd
 from tests.snp.conftest import MountTsm, signing_generator
 
 REPORT_DATA = hashlib.sha256(b"configfs nonce").digest() + bytes(32)

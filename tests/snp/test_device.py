@@ -23,7 +23,7 @@ from skr.errors import (
     FirmwareError,
     PlatformUnavailableError,
 )
-from skr.sensitive import Sensitive
+from skr.primitives.sensitive import Sensitive
 from skr.snp._native import CallStatus, Stage
 from skr.snp.certtable import CertKind, build_certificate_table, parse_certificate_table
 from skr.snp.device import (
@@ -38,7 +38,7 @@ from skr.snp.device import (
 )
 from skr.snp.report import parse_report
 from skr.snp.verify import verify_attestation
-from skr.testing.amd import SimulatedAmd
+from skr_dev.simulated.amd import SimulatedAmd
 from tests.snp.conftest import FirmwareResponder, simulated_derived_key
 from tests.snp.sevguest_emulator import (
     Command,

@@ -9,8 +9,8 @@ import pytest
 from skr.errors import PlatformUnavailableError
 from skr.snp.configfs import ConfigfsTsmProvider
 from skr.snp.device import SevGuestDevice
-from skr.snp.platform import select_provider
-from skr.testing.amd import SimulatedAmd
+from skr.snp.provider import select_provider
+from skr_dev.simulated.amd import SimulatedAmd
 from tests.snp.conftest import MountTsm, signing_generator
 
 CHAR_DEVICE = "/dev/null"  # a character device that opens read-write, like /dev/sev-guest

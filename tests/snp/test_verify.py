@@ -29,7 +29,7 @@ from skr.snp.verify import (
     verify_attestation,
     verify_certificate_signature,
 )
-from skr.testing.amd import SimulatedAmd
+from skr_dev.simulated.amd import SimulatedAmd
 
 NOW = datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)
 VLEK_VALID = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)  # the AWS VLEK expired 2025-12-10
@@ -318,7 +318,7 @@ def test_unknown_cpuid_is_refused(milan: SimulatedAmd) -> None:
 
 
 def test_v2_without_product_name_uses_the_chain_that_verifies(milan: SimulatedAmd) -> None:
-    from skr.testing.amd import simulated_trusted_roots
+    from skr_dev.simulated.amd import simulated_trusted_roots
 
     vcek = milan.vcek_der_for(milan.hwid, milan.reported_tcb, omit_product_name=True)
     report = milan.sign_report(bytes(64), version=2)

@@ -1,0 +1,148 @@
+"""``skr serve``: run the sidecar until SIGTERM/SIGINT.
+
+Start-up order, so /status is honest and the first release is fast:
+
+1. open the platform (configfs-tsm, else /dev/sev-guest); a missing device stops here with
+   :class:`skr.errors.PlatformUnavailableError` naming the paths tried — there is no fake fallback;
+2. refuse a non-loopback listen address unless ``unsafe_bind`` is set;
+3. build the release core; the wrapping key starts generating in a worker thread;
+4. listen at once (/status answers 503 with the reason until ready);
+5. warm up in the background: one report and its collateral, retried with backoff until it works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiohttp import web
+
+from skr.core.endpoints import is_loopback_host
+from skr.errors import ConfigError, SkrError
+from skr.shell.config import Settings
+from skr.shell.http_api import AppState, Metrics, SidecarRunner, create_app
+from skr.shell.wiring import Runtime, build_runtime, utc_now
+from skr.snp.device import ReportProvider
+from skr.snp.provider import select_provider
+from skr.snp.verify import TrustedRoots
+
+__all__ = ["RunningSidecar", "check_bind_address", "run_serve", "start_sidecar"]
+
+_logger = logging.getLogger(__name__)
+
+
+def check_bind_address(host: str, *, unsafe: bool) -> None:
+    """Loopback only, unless the operator explicitly accepts the risk."""
+    if is_loopback_host(host):
+        return
+    if not unsafe:
+        raise ConfigError(
+            f"refusing to listen on non-loopback address {host!r}: the API has no authentication. "
+            "Pass --unsafe-bind (SKR_UNSAFE_BIND=1) only if the network namespace is private to the pod."
+        )
+    _logger.warning("UNSAFE: listening on non-loopback address %s; anyone who can reach it can release keys", host)
+
+
+@dataclass
+class RunningSidecar:
+    """A started sidecar: its runtime, app state, HTTP runner and warm-up task."""
+
+    runtime: Runtime
+    state: AppState
+    runner: web.AppRunner
+    warm_up: asyncio.Task[None]
+    port: int
+
+    async def stop(self) -> None:
+        self.warm_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.warm_up
+        await self.runner.cleanup()
+        await self.runtime.close()
+
+
+async def _warm_up(state: AppState, runtime: Runtime) -> None:
+    delay = 0.5
+    while True:
+        try:
+            await runtime.releaser.warm_up()
+        except SkrError as exc:
+            state.startup_error = f"{exc.code}: {exc.message}"
+            _logger.warning("warm-up failed (%s); retrying in %.1f s", exc.message, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        state.startup_error = None
+        _logger.info("ready: wrapping key generated, report and collateral verified")
+        return
+
+
+async def start_sidecar(
+    settings: Settings,
+    *,
+    platform: ReportProvider | None = None,
+    environ: Mapping[str, str] | None = None,
+    amd_roots: TrustedRoots | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    simulated_banner: str | None = None,
+) -> RunningSidecar:
+    """Start the sidecar and return once it listens (it becomes ready in the background)."""
+    check_bind_address(settings.host, unsafe=settings.unsafe_bind)
+    provider = platform or select_provider(configfs_root=settings.configfs_root, sev_guest_path=settings.device_path)
+    if not settings.allow_list().pinned:
+        _logger.warning(
+            "endpoint allow-list uses the Azure public-cloud suffixes; pin exact hosts with "
+            "SKR_ALLOWED_MAA_ENDPOINTS and SKR_ALLOWED_AKV_ENDPOINTS"
+        )
+    _logger.info("effective configuration: %s", settings.redacted())
+    runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots, clock=clock)
+    metrics = Metrics()
+    runtime.on_upstream.append(metrics.record_upstream)
+    state = AppState(
+        releaser=runtime.releaser,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        simulated_banner=simulated_banner,
+    )
+    runner = SidecarRunner(create_app(state), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await runtime.close()
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    addresses = runner.addresses  # the bound socket tells the real port when 0 was asked for
+    port = int(addresses[0][1]) if addresses else settings.port
+    _logger.info("listening on http://%s:%d (provider %s)", settings.host, port, getattr(provider, "name", "?"))
+    task = asyncio.ensure_future(_warm_up(state, runtime))
+    return RunningSidecar(runtime, state, runner, task, port)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_serve(settings: Settings) -> None:
+    """``skr serve``: run until a stop signal, then shut down cleanly."""
+    sidecar = await start_sidecar(settings)
+    try:
+        await wait_for_stop_signal()
+        _logger.info("stopping")
+    finally:
+        await sidecar.stop()

@@ -1,0 +1,88 @@
+"""Configuration precedence, the Go sidecar's variables, and validation."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import fields
+
+import pytest
+
+from skr.errors import ConfigError
+from skr.shell.config import SETTINGS, Settings, load_settings, parse_go_sidecar_args
+
+
+def _go_args(document: dict[str, object]) -> str:
+    return base64.b64encode(json.dumps(document).encode()).decode()
+
+
+def test_settings_table_and_dataclass_agree() -> None:
+    declared = {s.name: s.default for s in SETTINGS}
+    assert declared == {f.name: f.default for f in fields(Settings)}
+
+
+def test_defaults() -> None:
+    settings = load_settings({}, {})
+    assert (settings.host, settings.port, settings.log_level) == ("127.0.0.1", 8080, "info")
+    assert settings.kds_url == "https://kdsintf.amd.com"
+
+
+def test_precedence_flags_over_env_over_go_args() -> None:
+    env = {
+        "SkrSideCarArgs": _go_args({"identity": {"client_id": "from-go"}}),
+        "Port": "9000",
+        "LogLevel": "Warning",
+        "SKR_PORT": "9100",
+    }
+    settings = load_settings({}, env)
+    assert settings.port == 9100 and settings.log_level == "warning" and settings.identity_client_id == "from-go"
+    env["SKR_IDENTITY_CLIENT_ID"] = "from-env"
+    assert load_settings({}, env).identity_client_id == "from-env"
+    flagged = load_settings({"port": 9200, "identity_client_id": "from-flag"}, env)
+    assert flagged.port == 9200 and flagged.identity_client_id == "from-flag"
+
+
+@pytest.mark.parametrize(
+    ("certcache", "field", "value"),
+    [
+        ({"endpoint_type": "AMD", "endpoint": "kdsintf.amd.com/vcek/v1", "tee_type": "Milan"}, "kds_url", "https://kdsintf.amd.com"),
+        ({"endpoint_type": "AzCache", "endpoint": "global.acccache.azure.net", "tee_type": "SevSnpVM",
+          "api_version": "api-version=2020-10-15-preview", "client_id": "clientId=ConfidentialACI"},
+         "azcache_url", "https://global.acccache.azure.net"),
+        ({"endpoint_type": "LocalTHIM", "endpoint": "169.254.169.254/metadata/THIM/amd/certification"},
+         "thim_url", "http://169.254.169.254"),
+    ],
+)  # fmt: skip
+def test_go_sidecar_certcache_forms(certcache: dict[str, str], field: str, value: str) -> None:
+    assert parse_go_sidecar_args(_go_args({"certcache": certcache}))[field] == value
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SKR_PORT": "http"}, "SKR_PORT"),
+        ({"SKR_PORT": "70000"}, "SKR_PORT"),
+        ({"LogLevel": "loud"}, "LogLevel"),
+        ({"SKR_WRAPPING_KEY_BITS": "1024"}, "SKR_WRAPPING_KEY_BITS"),
+        ({"SKR_UNSAFE_BIND": "maybe"}, "SKR_UNSAFE_BIND"),
+        ({"SkrSideCarArgs": "not base64!"}, "SkrSideCarArgs"),
+        ({"SkrSideCarArgs": _go_args({"certcache": {"endpoint_type": "Other", "endpoint": "x"}})}, "endpoint_type"),
+        ({"SKR_CA_FILE": "/nonexistent/ca.pem"}, "ca_file"),
+    ],
+)
+def test_bad_values_name_their_source(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({}, env)
+
+
+def test_allow_list_includes_defaults_when_pinned() -> None:
+    settings = load_settings(
+        {}, {"SKR_ALLOWED_MAA_ENDPOINTS": "a.attest.azure.net", "SKR_MAA_ENDPOINT": "b.attest.azure.net",
+             "SKR_ALLOWED_AKV_ENDPOINTS": "127.0.0.1:9443"}
+    )  # fmt: skip
+    allow = settings.allow_list()
+    assert allow.maa_hosts == {"a.attest.azure.net", "b.attest.azure.net"} and allow.pinned
+
+
+def test_redacted_view_lists_every_setting() -> None:
+    assert set(load_settings({}, {}).redacted()) == {s.name for s in SETTINGS}

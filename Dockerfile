@@ -7,7 +7,8 @@
 #
 # Build (the CA secret is only needed behind a TLS-intercepting proxy; it is never stored in a layer):
 #   podman build --format docker --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t skr:0.1.0 .
-# Run: skr serve (default), skr release ... (init container), skr dev (simulated stack), skr doctor.
+# Run: skr serve (default), skr release ... (init container), skr doctor. The stand-ins (`skr dev`) are
+# only in the `dev` target: podman build --target dev -t skr-dev:0.1.0 .
 #
 # apt pins: packages that never change within bookworm are pinned exactly; packages that follow
 # bookworm's stable/security updates (the interpreter, glibc headers, kernel headers, CA store) are
@@ -52,17 +53,28 @@ RUN --mount=type=secret,id=ca \
 COPY pyproject.toml setup.py README.md ./
 COPY native ./native
 COPY skr ./skr
+COPY devstack ./devstack
 
 # Build the wheel (compiling the binding), install it without touching the index, prove the binding
-# imports, then drop pip and setuptools from the runtime venv.
-RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
- && /opt/skr/bin/pip install --no-deps --no-index --require-virtualenv /tmp/wheels/skr-*.whl \
+# imports. /opt/skr-dev is the same venv plus the development stand-ins (skr-dev: SIMULATED platform,
+# Azure emulators), used only by the `dev` target; the production venv never contains them. Then drop
+# pip and setuptools from both.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . ./devstack \
+ && /opt/skr/bin/pip install --no-deps --no-index --require-virtualenv /tmp/wheels/skr-0*.whl \
  && /opt/skr/bin/python -I -c "import skr.snp._snp_native" \
+ && python3 -m venv /opt/skr-dev \
+ && /opt/skr-dev/bin/pip install --no-deps --require-virtualenv -r requirements.lock -r devstack/requirements.lock \
+ && /opt/skr-dev/bin/pip install --no-deps --no-index --require-virtualenv /tmp/wheels/skr-0*.whl /tmp/wheels/skr_dev-*.whl \
  && /opt/skr/bin/python -m pip uninstall -y -q pip setuptools \
- && /opt/skr/bin/skr --help > /dev/null
+ && /opt/skr-dev/bin/python -m pip uninstall -y -q pip setuptools \
+ && /opt/skr/bin/skr --help > /dev/null \
+ && if /opt/skr/bin/python -I -c "import skr_dev" 2> /dev/null; then exit 1; fi
 
 
-FROM debian:bookworm-slim
+# --- production runtime (the default target, re-selected by the last stage) ---
+FROM debian:bookworm-slim AS runtime
 
 ARG DEBIAN_FRONTEND=noninteractive
 # ca-certificates: the system roots skr trusts for TLS and for the Key Vault release JWS chain.
@@ -98,3 +110,16 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 
 ENTRYPOINT ["skr"]
 CMD ["serve"]
+
+
+# --- `podman build --target dev`: the runtime plus the SIMULATED stand-ins, for `skr dev` only ---
+FROM runtime AS dev
+COPY --from=build /opt/skr-dev /opt/skr-dev
+ENV PATH=/opt/skr-dev/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LABEL org.opencontainers.image.title="skr-dev" \
+      org.opencontainers.image.description="SIMULATED SEV-SNP platform and Azure emulators for skr - NOT A TEE"
+CMD ["dev"]
+
+
+# --- the default build: production, without the stand-ins ---
+FROM runtime

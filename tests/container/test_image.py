@@ -30,8 +30,13 @@ from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SKR_IMAGE", "")
+# The `dev` target: the production runtime plus the SIMULATED stand-ins (skr-dev), for `skr dev` only.
+DEV_IMAGE = os.environ.get("SKR_DEV_IMAGE", "")
 
 needs_image = pytest.mark.skipif(not IMAGE, reason="SKR_IMAGE is not set (.ci/container builds the image and sets it)")
+needs_dev_image = pytest.mark.skipif(
+    not DEV_IMAGE, reason="SKR_DEV_IMAGE is not set (.ci/container builds the dev target and sets it)"
+)
 
 RUN_TIMEOUT = 120.0
 DEV_READY_TIMEOUT = 90.0
@@ -51,14 +56,16 @@ def podman(*args: str, timeout: float = RUN_TIMEOUT, check: bool = False) -> sub
     return result
 
 
-def run_image(*args: str, entrypoint: str | None = None, user: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_image(
+    *args: str, entrypoint: str | None = None, user: str | None = None, image: str = IMAGE
+) -> subprocess.CompletedProcess[str]:
     """One throw-away container: host network, read-only root, tmpfs /tmp (as deployed)."""
     options = ["run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", *NO_HEALTH]
     if entrypoint is not None:
         options += ["--entrypoint", entrypoint]
     if user is not None:
         options += ["--user", user]
-    return podman(*options, IMAGE, *args)
+    return podman(*options, image, *args)
 
 
 def free_port() -> int:
@@ -135,7 +142,7 @@ def dev_container() -> Iterator[tuple[str, dict[str, Any]]]:
     port = free_port()
     podman(
         "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-        "-e", f"SKR_PORT={port}", IMAGE, "dev", "--port", str(port), "--state-file", "/tmp/state.json",
+        "-e", f"SKR_PORT={port}", DEV_IMAGE, "dev", "--port", str(port), "--state-file", "/tmp/state.json",
         check=True,
     )  # fmt: skip
     try:
@@ -152,14 +159,14 @@ def dev_container() -> Iterator[tuple[str, dict[str, Any]]]:
         assert podman("container", "exists", name).returncode == 1, "the dev container was not removed"
 
 
-@needs_image
+@needs_dev_image
 def test_dev_sidecar_listens_on_host_loopback(dev_container: tuple[str, dict[str, Any]]) -> None:
     _, state = dev_container
     assert urlsplit(state["sidecar_url"]).hostname == "127.0.0.1"
     assert state["keys"], "skr dev announced no demo keys"
 
 
-@needs_image
+@needs_dev_image
 def test_dev_releases_every_demo_key_to_the_host(dev_container: tuple[str, dict[str, Any]]) -> None:
     _, state = dev_container
     maa_host = urlsplit(state["maa_url"]).netloc
@@ -174,17 +181,29 @@ def test_dev_releases_every_demo_key_to_the_host(dev_container: tuple[str, dict[
         assert jwk[private_member]
 
 
-@needs_image
+@needs_dev_image
 def test_healthcheck_passes_on_a_running_sidecar(dev_container: tuple[str, dict[str, Any]]) -> None:
     name, _ = dev_container
     result = podman("healthcheck", "run", name)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_image
+@needs_dev_image
 def test_dev_self_test_succeeds_read_only() -> None:
-    result = run_image("dev", "--self-test", "--port", str(free_port()))
+    result = run_image("dev", "--self-test", "--port", str(free_port()), image=DEV_IMAGE)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_image
+def test_production_image_has_no_stand_ins() -> None:
+    """The default target ships no simulated platform and no emulators; `skr dev` says how to get them."""
+    result = run_image("dev", "--self-test", "--port", str(free_port()))
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output  # README: 2 = usage or configuration error
+    assert "./devstack" in output and "Traceback" not in output
+    probe = run_image("-I", "-c", "import importlib.util as u; print(u.find_spec('skr_dev'))", entrypoint="python3")
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "None"
 
 
 # --- 3. not root ---------------------------------------------------------------------------------------
@@ -282,10 +301,13 @@ def stages() -> list[list[tuple[str, str]]]:
     return result
 
 
-def test_dockerfile_builds_on_bookworm_slim_in_two_stages() -> None:
-    build, runtime = stages()
+def test_dockerfile_builds_on_bookworm_slim_in_two_stages_with_production_as_default() -> None:
+    build, runtime, dev, default = stages()
     assert build[0] == ("FROM", "debian:bookworm-slim AS build")
-    assert runtime[0] == ("FROM", "debian:bookworm-slim")
+    assert runtime[0] == ("FROM", "debian:bookworm-slim AS runtime")
+    assert dev[0] == ("FROM", "runtime AS dev")
+    assert all("/opt/skr-dev" in args for kind, args in dev if kind == "COPY")
+    assert default == [("FROM", "runtime")], "the default target must be the production runtime, unchanged"
     build_runs = " ".join(args for kind, args in build if kind == "RUN")
     for package in ("python3-venv", "python3-dev", "gcc", "linux-libc-dev"):
         assert f"{package}=" in build_runs, f"{package} must be installed and pinned in the build stage"
@@ -294,7 +316,7 @@ def test_dockerfile_builds_on_bookworm_slim_in_two_stages() -> None:
 
 
 def test_runtime_stage_is_minimal_non_root_and_declares_its_interface() -> None:
-    _, runtime = stages()
+    runtime = stages()[1]
     by_kind: dict[str, list[str]] = {}
     for kind, args in runtime:
         by_kind.setdefault(kind, []).append(args)
@@ -307,7 +329,7 @@ def test_runtime_stage_is_minimal_non_root_and_declares_its_interface() -> None:
     assert json.loads(by_kind["CMD"][-1]) == ["serve"]
     (healthcheck,) = by_kind["HEALTHCHECK"]
     assert "/healthz" in healthcheck
-    assert "COPY" in by_kind and all("--from=build" in copy for copy in by_kind["COPY"])
+    assert by_kind["COPY"] == ["--from=build /opt/skr /opt/skr"], "the runtime gets the production venv only"
     env = " ".join(by_kind["ENV"])
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "HOME=/tmp" in env
 
@@ -329,7 +351,7 @@ def test_build_context_is_an_allow_list_of_the_sources() -> None:
     ]
     assert lines[0] == "*", "exclude everything, then allow the sources"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"requirements.lock", "pyproject.toml", "setup.py", "README.md", "native", "skr"}
+    assert allowed == {"requirements.lock", "pyproject.toml", "setup.py", "README.md", "native", "skr", "devstack"}
     assert {"**/*.so", "**/__pycache__"} <= set(lines)
     copied: set[str] = set()
     for kind, args in dockerfile_instructions():

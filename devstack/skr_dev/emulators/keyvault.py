@@ -65,6 +65,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 from skr.core import jose
 from skr.errors import BadRequestError, KeyNotFoundError, ReleaseDeniedError, VerificationError
 from skr_dev.emulators import policy as release_policy
+from skr_dev.emulators.api_versions import KEYVAULT_API_VERSIONS, KEYVAULT_RELEASE_API_VERSIONS
 from skr_dev.emulators.faults import FaultKind, FaultSet, faults_middleware
 from skr_dev.emulators.server import FAULTS_KEY, HostedEmulator
 from skr_dev.emulators.tls import IssuedCertificate, TestCertificateAuthority
@@ -85,7 +86,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-ACCEPTED_API_VERSIONS: Final = frozenset({"7.3-preview", "7.3", "7.4", "7.5", "7.6", "2025-07-01"})
+ACCEPTED_API_VERSIONS: Final = KEYVAULT_API_VERSIONS
 ENC_ALGORITHMS: Final[Mapping[str, type[hashes.HashAlgorithm]]] = {
     "CKM_RSA_AES_KEY_WRAP": hashes.SHA1,
     "RSA_AES_KEY_WRAP_256": hashes.SHA256,
@@ -527,12 +528,12 @@ class KeyVaultEmulator(HostedEmulator):
 
     # -- request helpers --
 
-    def _api_version(self, request: web.Request) -> str:
+    def _api_version(self, request: web.Request, accepted: frozenset[str] = ACCEPTED_API_VERSIONS) -> str:
         version = request.query.get("api-version")
         if not version:
             raise _bad_parameter("The 'api-version' query parameter is missing.")
-        if version not in ACCEPTED_API_VERSIONS:
-            supported = ", ".join(sorted(ACCEPTED_API_VERSIONS))
+        if version not in accepted:
+            supported = ", ".join(sorted(accepted))
             raise _bad_parameter(f"The specified version ({version[:32]}) is not recognized; use one of {supported}.")
         return version
 
@@ -747,7 +748,7 @@ class KeyVaultEmulator(HostedEmulator):
 
     async def _handle_release(self, request: web.Request) -> web.Response:
         """Release: verify the attestation token, evaluate the policy, wrap, sign (azure-facts §2)."""
-        api_version = self._api_version(request)
+        api_version = self._api_version(request, KEYVAULT_RELEASE_API_VERSIONS)
         name = request.match_info["name"]
         version = request.match_info["version"].rstrip("/")
         body = await self._json_body(request)

@@ -6,7 +6,8 @@ verification and the Key Vault release policy see production-shaped claims.
 
 Routes (HTTPS):
 
-* ``POST /attest/SevSnpVm?api-version=2020-10-01|2022-08-01|2025-06-01`` (path case-insensitive,
+* ``POST /attest/SevSnpVm?api-version=V`` (V: each version whose spec has AttestSevSnpVm, in
+  api_versions.py; path case-insensitive,
   GO-REF's ``SevSnpVM`` works; route ``maa.attest``). Accepts padded and unpadded base64url at every
   layer, whitespace in the inner report JSON, a nonce that is a JSON string or an integer of any
   size (echoed as given), and ``initTimeData`` with empty strings (GO-REF) meaning "not given".
@@ -72,6 +73,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from skr.errors import ReportFormatError, VerificationError
 from skr.snp.report import AttestationReport, parse_report
 from skr.snp.verify import TrustedRoots, VerifiedAttestation, verify_attestation
+from skr_dev.emulators.api_versions import MAA_SEVSNP_API_VERSIONS
 from skr_dev.emulators.faults import FaultKind, FaultSet
 from skr_dev.emulators.server import DEFAULT_CLIENT_MAX_SIZE, HostedEmulator, json_response
 from skr_dev.emulators.tls import self_signed_certificate
@@ -98,7 +100,7 @@ __all__ = [
     "verify_uvm_endorsement",
 ]
 
-SUPPORTED_API_VERSIONS: Final = frozenset({"2020-10-01", "2022-08-01", "2025-06-01"})
+SUPPORTED_API_VERSIONS: Final = MAA_SEVSNP_API_VERSIONS
 TOKEN_LIFETIME: Final = 28800
 COMPLIANCE_ACI: Final = "azure-compliant-uvm"
 COMPLIANCE_AKS: Final = "azure-signed-katacc-uvm"

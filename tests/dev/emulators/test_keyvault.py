@@ -184,7 +184,9 @@ async def test_valid_token_reaches_routing(
     assert authorization == "Bearer <redacted>"
 
 
-@pytest.mark.parametrize(("api", "message"), [(None, "missing"), ("2016-10-01", "not recognized")])
+@pytest.mark.parametrize(
+    ("api", "message"), [(None, "missing"), ("7.7", "not recognized"), ("2016-10-02", "not recognized")]
+)
 async def test_api_version_is_required_and_checked(
     make_vault: VaultFactory,
     vault_http: aiohttp.ClientSession,
@@ -205,6 +207,19 @@ async def test_every_release_api_version_is_accepted(
     await vault.seed([SeedKey("k", "EC-HSM", crv="P-256", exportable=False)])
     reply = await call(vault_http, vault, "GET", "/keys/k", token=access_token(access_issuer), api=api)
     assert reply.status == 200
+
+
+@pytest.mark.parametrize("api", ["7.2", "7.0", "2016-10-01"])
+async def test_release_under_a_version_without_it_is_refused(
+    make_vault: VaultFactory, vault_http: aiohttp.ClientSession, access_issuer: LocalIssuer, api: str
+) -> None:
+    """Published versions older than 7.3-preview have no release operation (UNCONFIRMED: the real answer)."""
+    vault = await make_vault()
+    token = access_token(access_issuer)
+    assert (await call(vault_http, vault, "GET", "/keys/k/", token=token, api=api)).status == 404  # accepted
+    reply = await call(vault_http, vault, "POST", "/keys/k//release", token=token, body={"target": "t"}, api=api)
+    assert reply.status == 400 and reply.error["code"] == "BadParameter"
+    assert f"({api}) is not recognized" in reply.error["message"]
 
 
 # --- create / import / get ---------------------------------------------------------------------------

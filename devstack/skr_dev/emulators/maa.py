@@ -744,9 +744,10 @@ class MaaEmulator(HostedEmulator):
         return {"keys": [self.signing_key.jwk()]}
 
     def openid_configuration(self) -> dict[str, Any]:
-        """The OpenID metadata. No ``issuer`` field, like the spec sample (UNCONFIRMED for live MAA)."""
+        """The OpenID metadata, with ``issuer`` as OpenID Connect Discovery requires of every provider."""
         base = self.issuer
         return {
+            "issuer": base,
             "response_types_supported": ["token", "none"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "revocation_endpoint": f"{base}/revoke",
@@ -870,7 +871,9 @@ class MaaEmulator(HostedEmulator):
         if request.init_time_data is not None and request.init_time_data_type == "JSON":
             claims["x-ms-inittime"] = _json_loads(request.init_time_data, what="initTimeData.data (JSON)")
         if request.nonce is not None:
-            claims["nonce"] = request.nonce
+            # The published ACI token shows the Go sidecar's 64-bit nonce as a JSON string, so an
+            # integer nonce is issued as its decimal string (UNCONFIRMED beyond that one sample).
+            claims["nonce"] = str(request.nonce)
         return claims
 
     @property

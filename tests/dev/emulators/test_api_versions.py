@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -22,18 +20,13 @@ from azure.keyvault.keys import KeyClient, KeyReleasePolicy
 from skr.core import jose
 from skr_dev.emulators.api_versions import KEYVAULT_API_VERSIONS, KEYVAULT_RELEASE_API_VERSIONS, MAA_SEVSNP_API_VERSIONS
 from skr_dev.emulators.keyvault import Flavour
-from tests.conftest import REPO_ROOT
+from tests.conftest import specs_dir
 from tests.dev.emulators.vault_fixtures import *  # noqa: F403  (pytest fixtures)
 from tests.dev.emulators.vault_fixtures import SdkStack, aci_policy, assert_released_key_matches, new_runtime_key
 
 
-def _specs_dir() -> Path:
-    env = os.environ.get("SKR_SPECS")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "specs"
-
-
 def _published(service: str) -> dict[str, object]:
-    path = _specs_dir() / service / "api-versions.json"
+    path = specs_dir() / service / "api-versions.json"
     if not path.is_file():
         pytest.fail(
             f"published api-version list not found at {path}; place ../shared beside the clone or set SKR_SPECS"

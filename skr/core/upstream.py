@@ -2,7 +2,8 @@
 
 This module only moves bytes. Every call has a deadline; a retry never sleeps past it. Transient
 answers (408, 429, 5xx, a dropped connection, a truncated body) are retried with full-jitter
-exponential backoff, honouring ``Retry-After`` when the service sends one. Failures become the
+exponential backoff, honouring ``Retry-After`` exactly when the service sends one (giving up rather
+than sleeping past the deadline; see :mod:`skr.primitives.retry`). Failures become the
 typed errors of :mod:`skr.errors`: ``upstream_timeout`` when the deadline passes,
 ``upstream_unavailable`` when the service stayed unavailable, ``invalid_upstream_response`` when it
 answered with something unusable.
@@ -28,6 +29,7 @@ from skr.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from skr.primitives.retry import Backoff, RetrySchedule
 
 __all__ = [
     "USER_AGENT",
@@ -50,7 +52,7 @@ class RetryPolicy:
 
     attempts: int = 3
     base_delay: float = 0.2
-    max_delay: float = 5.0
+    max_delay: float = 5.0  # caps our own jittered waits only; a server's Retry-After is never shortened
     timeout: float = 10.0  # the whole call, retries included
     attempt_timeout: float | None = None  # one attempt; defaults to the remaining deadline
 
@@ -129,6 +131,13 @@ class Upstream:
         deadline = loop.time() + policy.timeout
         all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
         last_error: SkrError | None = None
+        schedule = RetrySchedule(
+            Backoff(policy.base_delay, policy.max_delay),
+            clock=loop.time,
+            deadline=deadline,
+            attempts=policy.attempts,
+            rng=self._rng,
+        )
         for attempt in range(1, policy.attempts + 1):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -163,11 +172,9 @@ class Upstream:
                     f"{self.service} answered HTTP {response.status}", service=self.service, status=response.status
                 )
                 delay_hint = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt == policy.attempts:
-                break
-            delay = self._backoff(policy, attempt, delay_hint)
-            if loop.time() + delay >= deadline:
-                _logger.debug("%s: no time left for another attempt", self.service)
+            delay = schedule.next_delay(delay_hint)
+            if delay is None:
+                _logger.debug("%s: no attempts or time left after attempt %d", self.service, attempt)
                 break
             _logger.debug("%s: attempt %d failed (%s); retrying in %.2f s", self.service, attempt, last_error, delay)
             await self._sleep(delay)
@@ -176,12 +183,6 @@ class Upstream:
                 f"{self.service} did not answer within {policy.timeout:.1f} s", service=self.service
             )
         raise last_error
-
-    def _backoff(self, policy: RetryPolicy, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, policy.max_delay)
-        ceiling = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
-        return self._rng.uniform(0, ceiling)
 
     def _record(self, status: int | None, started: float) -> None:
         if self._on_attempt is not None:

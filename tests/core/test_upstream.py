@@ -115,8 +115,26 @@ async def test_retry_after_longer_than_the_deadline_is_not_waited(
     script, url, session = served
     script.steps = ["status:429:60"]
     with pytest.raises(UpstreamUnavailableError, match="429"):
-        await Upstream(session, "kds", retry=RetryPolicy(attempts=3, timeout=1.0, max_delay=60)).request("GET", url)
+        await Upstream(session, "kds", retry=RetryPolicy(attempts=3, timeout=1.0)).request("GET", url)
     assert script.calls == 1
+
+
+async def test_retry_after_beyond_the_jitter_cap_is_waited_in_full(
+    served: tuple[Script, str, aiohttp.ClientSession],
+) -> None:
+    # Before the shared retry helper, Retry-After was capped at max_delay (5 s), so the service was
+    # asked again after 5 s although it had said 8. The wait is recorded, not slept.
+    script, url, session = served
+    script.steps = ["status:503:8", "ok"]
+    slept: list[float] = []
+
+    async def record(delay: float) -> None:
+        slept.append(delay)
+
+    policy = RetryPolicy(attempts=3, timeout=30.0, max_delay=5.0)
+    response = await Upstream(session, "maa", sleep=record, retry=policy).request("GET", url)
+    assert response.status == 200 and script.calls == 2
+    assert slept == [8.0]
 
 
 async def test_oversized_body_is_refused(served: tuple[Script, str, aiohttp.ClientSession]) -> None:

@@ -2,7 +2,8 @@
 
 Every error skr raises on purpose is a :class:`SkrError`. Families are split by *who is at fault*:
 
-* :class:`ConfigError`      the operator's configuration or the caller's request
+* :class:`ConfigError`      the operator's configuration (the operator must change it)
+* :class:`RequestError`     the caller's request (the client must change it)
 * :class:`DeviceError`      the SEV-SNP platform (device missing, firmware refused)
 * :class:`VerificationError` untrusted bytes (report, certificate, token, JWS) failed a check
 * :class:`AttestationError` the attestation service refused our evidence
@@ -39,6 +40,7 @@ __all__ = [
     "PlatformUnavailableError",
     "ReleaseDeniedError",
     "ReportFormatError",
+    "RequestError",
     "SkrError",
     "UpstreamError",
     "UpstreamTimeoutError",
@@ -72,7 +74,18 @@ class ConfigError(SkrError):
     code = "config_error"
 
 
-class BadRequestError(ConfigError):
+class RequestError(SkrError):
+    """The caller's request is unacceptable; the client, not the operator, must change it.
+
+    Kept apart from :class:`ConfigError` so that a handler (or an alert) can tell "a client sent
+    something wrong" from "this deployment is misconfigured". Both still exit with ``EXIT_USAGE``
+    from the CLI, where the caller and the operator are the same person.
+    """
+
+    code = "bad_request"
+
+
+class BadRequestError(RequestError):
     """A client request is malformed (wrong type, bad base64, missing field)."""
 
     code = "bad_request"
@@ -84,7 +97,7 @@ class BodyTooLargeError(BadRequestError):
     code = "body_too_large"
 
 
-class EndpointNotAllowedError(ConfigError):
+class EndpointNotAllowedError(RequestError):
     """A request named an endpoint outside the allow-list; nothing was sent to it."""
 
     code = "endpoint_not_allowed"
@@ -273,6 +286,7 @@ EXIT_VERIFICATION = 7
 
 _EXIT_BY_FAMILY: tuple[tuple[type[SkrError], int], ...] = (
     (ConfigError, EXIT_USAGE),
+    (RequestError, EXIT_USAGE),
     (DeviceError, EXIT_PLATFORM),
     (VerificationError, EXIT_VERIFICATION),
     (CollateralUnavailableError, EXIT_UPSTREAM),

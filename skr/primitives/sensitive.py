@@ -37,8 +37,10 @@ class Sensitive(Generic[T]):
     def __reduce__(self) -> NoReturn:
         raise TypeError("Sensitive values cannot be pickled")
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sensitive) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash((Sensitive, id(self)))
+    # Equality and hashing are deliberately those of ``object``: identity, not value. Value
+    # equality would need a value hash to stay consistent (equal → equal hash), and hashing a
+    # secret puts a function of it into every dict/set that holds the wrapper; ``==`` on secrets is
+    # also not constant-time, and many wrapped values (JWK dicts) cannot be hashed at all. A caller
+    # that must compare two secrets reveals them at that one place and uses ``hmac.compare_digest``.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__

@@ -20,8 +20,6 @@ and the *pinned* ASK/ASVK and ARK.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import os
@@ -36,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 
 from skr.core.upstream import Upstream
 from skr.errors import CollateralUnavailableError, SkrError, UpstreamError, VerificationError
+from skr.primitives.encoding import b64_decode_lenient_padding
 from skr.snp.certtable import CertKind, parse_certificate_table
 from skr.snp.report import AttestationReport, Product, SigningKey, parse_report
 from skr.snp.verify import TrustedRoots, VerifiedAttestation, verify_attestation
@@ -96,8 +95,8 @@ def _b64_file(path: Path) -> bytes | None:
 
 def _b64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
+        return b64_decode_lenient_padding("".join(text.split()))
+    except ValueError:
         raise VerificationError(f"{what} is not standard base64") from None
 
 

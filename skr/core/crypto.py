@@ -26,9 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
-from skr.core.jose import b64url_decode as jose_b64url_decode
-from skr.core.jose import b64url_encode
-from skr.errors import InvalidUpstreamResponseError, VerificationError
+from skr.errors import InvalidUpstreamResponseError
+from skr.primitives.encoding import b64url_decode_strict, b64url_encode
 from skr.primitives.sensitive import Sensitive
 
 __all__ = [
@@ -55,10 +54,7 @@ MAX_WRAPPED_KEY_BYTES: Final = 64 * 1024
 
 def b64url_decode(text: str) -> bytes:
     """Decode base64url with or without padding; raises ValueError on anything else."""
-    try:
-        return jose_b64url_decode(text, what="value")
-    except VerificationError as exc:
-        raise ValueError(exc.message) from None
+    return b64url_decode_strict(text)
 
 
 def _int_b64(value: int, length: int | None = None) -> str:

@@ -19,13 +19,10 @@ Messages name the field that failed, never token text, signatures or key bytes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import ipaddress
 import json
 import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509 import verification as x509_verification
 
 from skr.errors import VerificationError
+from skr.primitives.encoding import b64_decode_strict, b64url_decode_strict, b64url_encode
 
 # A corrupt version field raises InvalidVersion (not a ValueError); an odd key type raises
 # UnsupportedAlgorithm. Both mean "not a certificate we can use".
@@ -91,55 +89,18 @@ _HEADER_PARAMS_REJECTED = ("crit", "b64")
 
 Header-carried keys (``jwk``, ``jku``, ``x5u``) are simply never used: keys come from the caller."""
 
-_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
-_B64STD_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-
 
 # --- encodings -------------------------------------------------------------------------------------
 
 
-def b64url_encode(data: bytes) -> str:
-    """Unpadded base64url, the only form JOSE producers should emit (Go's RawURLEncoding needs it)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def b64url_decode(text: str | bytes, *, what: str, max_bytes: int | None = None) -> bytes:
-    """Decode base64url, padded or unpadded; reject the standard alphabet, whitespace and bad lengths.
-
-    ``what`` names the field in error messages (the value itself is never echoed).
-    """
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("ascii")
-        except UnicodeDecodeError:
-            raise VerificationError(f"{what} is not base64url text") from None
-    if max_bytes is not None and len(text) > (max_bytes * 4) // 3 + 4:
-        raise VerificationError(f"{what} is too large (limit {max_bytes} bytes)")
-    if _B64URL_RE.fullmatch(text) is None:
-        raise VerificationError(f"{what} is not valid base64url")
-    body = text.rstrip("=")
-    padding_len = len(text) - len(body)
-    if len(body) % 4 == 1 or (padding_len and len(text) % 4 != 0):
-        raise VerificationError(f"{what} has an invalid base64url length")
-    try:
-        decoded = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise VerificationError(f"{what} is not valid base64url") from None
-    if max_bytes is not None and len(decoded) > max_bytes:
-        raise VerificationError(f"{what} is too large (limit {max_bytes} bytes)")
-    return decoded
+    """:func:`skr.primitives.encoding.b64url_decode_strict`, failing as a :class:`VerificationError`."""
+    return b64url_decode_strict(text, what=what, max_bytes=max_bytes, error=VerificationError)
 
 
 def b64_decode_standard(text: str, *, what: str, max_bytes: int | None = None) -> bytes:
-    """Decode padded standard base64 (the encoding RFC 7515 prescribes for ``x5c`` entries)."""
-    if max_bytes is not None and len(text) > (max_bytes * 4) // 3 + 4:
-        raise VerificationError(f"{what} is too large (limit {max_bytes} bytes)")
-    if _B64STD_RE.fullmatch(text) is None or len(text) % 4 != 0:
-        raise VerificationError(f"{what} is not valid padded base64")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise VerificationError(f"{what} is not valid padded base64") from None
+    """:func:`skr.primitives.encoding.b64_decode_strict`, failing as a :class:`VerificationError`."""
+    return b64_decode_strict(text, what=what, max_bytes=max_bytes, error=VerificationError)
 
 
 def _reject_constant(name: str) -> Any:

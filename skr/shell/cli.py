@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import hashlib
 import importlib
 import json
@@ -46,6 +44,7 @@ from skr.errors import (
     VerificationError,
     exit_code_for,
 )
+from skr.primitives.encoding import b64_decode_lenient_padding, b64_encode
 from skr.shell.config import SETTINGS, Settings, load_settings
 from skr.shell.doctor import Status, run_doctor
 from skr.shell.initcontainer import FORMATS, ReleaseJob, parse_kids, run_release
@@ -316,8 +315,8 @@ def _report_data_for(runtime_b64: str | None) -> bytes:
     if len(runtime_b64) > _MAX_RUNTIME_DATA:
         raise BadRequestError(f"--runtime-data is longer than {_MAX_RUNTIME_DATA} characters")
     try:
-        runtime = base64.b64decode(runtime_b64, validate=True)
-    except (binascii.Error, ValueError):
+        runtime = b64_decode_lenient_padding(runtime_b64)
+    except ValueError:
         raise BadRequestError("--runtime-data is not standard base64") from None
     return hashlib.sha256(runtime).digest() + bytes(32)
 
@@ -345,13 +344,13 @@ def _run_report(args: argparse.Namespace, out: TextIO) -> int:
             {
                 "provider": evidence.provider,
                 "report": report.as_dict(report.product_from_cpuid()),
-                "report_base64": base64.b64encode(evidence.report).decode("ascii"),
+                "report_base64": b64_encode(evidence.report),
                 "certificate_table_bytes": len(evidence.certificates),
             },
             out,
         )
     elif not args.out:
-        out.write(base64.b64encode(evidence.report).decode("ascii") + "\n")
+        out.write(b64_encode(evidence.report) + "\n")
     return EXIT_OK
 
 

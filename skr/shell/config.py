@@ -9,8 +9,6 @@ the CLI flags, the README table and the redacted start-up log are all derived fr
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import os
@@ -21,6 +19,7 @@ from typing import Any, Final
 
 from skr.core.endpoints import AllowList, Endpoint
 from skr.errors import ConfigError
+from skr.primitives.encoding import b64_decode_lenient_padding
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "parse_go_sidecar_args"]
 
@@ -200,8 +199,8 @@ def parse_go_sidecar_args(encoded: str) -> dict[str, Any]:
     sidecar's endpoints carry no scheme); ``identity.client_id`` → identity_client_id.
     """
     try:
-        document = json.loads(base64.b64decode(encoded.strip(), validate=True))
-    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        document = json.loads(b64_decode_lenient_padding(encoded.strip()))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ConfigError("SkrSideCarArgs is not base64-encoded JSON") from None
     if not isinstance(document, dict):
         raise ConfigError("SkrSideCarArgs must be a JSON object")

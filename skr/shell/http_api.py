@@ -9,8 +9,6 @@ capped, JSON is validated, every response carries a request id, and every respon
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -27,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from skr.core.release import KeyReleaser
 from skr.errors import BadRequestError, BodyTooLargeError, NotReadyError, SkrError, http_status_for
+from skr.primitives.encoding import b64_decode_lenient_alphabet, b64_encode
 from skr.shell.logs import request_id_var
 
 __all__ = ["AppState", "Metrics", "SidecarRunner", "create_app"]
@@ -187,11 +186,9 @@ def _runtime_data(body: dict[str, Any]) -> bytes:
     """``runtime_data``: standard base64 as the Go sidecar documents; URL-safe accepted too."""
     text = _string_field(body, "runtime_data", required=True, max_length=MAX_RUNTIME_DATA_B64)
     assert text is not None
-    compact = "".join(text.split())
-    alphabet = "-_" if ("-" in compact or "_" in compact) else "+/"
     try:
-        return base64.b64decode(compact + "=" * (-len(compact) % 4), altchars=alphabet.encode(), validate=True)
-    except (binascii.Error, ValueError):
+        return b64_decode_lenient_alphabet(text)
+    except ValueError:
         raise BadRequestError("'runtime_data' is not valid base64") from None
 
 
@@ -251,9 +248,9 @@ async def attest_combined(request: web.Request) -> web.Response:
         state,
         {
             "endorsed_tcb": evidence.collateral.verified.report.reported_tcb.tcbm().lower(),
-            "endorsements": base64.b64encode(evidence.collateral.chain_pem).decode(),
-            "evidence": base64.b64encode(evidence.raw.report).decode(),
-            "uvm_endorsements": base64.b64encode(reference).decode() if reference else "",
+            "endorsements": b64_encode(evidence.collateral.chain_pem),
+            "evidence": b64_encode(evidence.raw.report),
+            "uvm_endorsements": b64_encode(reference) if reference else "",
         },
     )
 

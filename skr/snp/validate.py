@@ -18,8 +18,6 @@ base64 text). :func:`host_data_for_policy` reads either form; see its docstring 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Iterable
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from skr.errors import ConfigError, ValidationFailedError
+from skr.primitives.encoding import b64_decode_lenient_padding
 from skr.snp.report import AttestationReport, Product
 
 __all__ = [
@@ -78,8 +77,8 @@ def _strict_base64(text: bytes) -> bytes | None:
     if not lines or not all(_BASE64_LINE.fullmatch(line.strip(b"\r")) for line in lines):
         return None
     try:
-        decoded = base64.b64decode(b"".join(line.strip(b"\r") for line in lines), validate=True)
-    except binascii.Error:
+        decoded = b64_decode_lenient_padding(b"".join(line.strip(b"\r") for line in lines))
+    except ValueError:
         return None
     return decoded or None
 

@@ -70,6 +70,10 @@ class RetrySchedule:
         """Seconds left before the deadline (may be negative), or ``None`` without a deadline."""
         return None if self.deadline is None else self.deadline - self.clock()
 
+    def reset(self) -> None:
+        """Start the backoff (and the attempt count) over after a success; the deadline is kept."""
+        self.failures = 0
+
     def next_delay(self, retry_after: float | None = None) -> float | None:
         """Record one failed attempt; return the wait before the next one, or ``None`` to give up.
 

@@ -32,6 +32,7 @@ from skr.errors import (
     UpstreamTimeoutError,
     exit_code_for,
 )
+from skr.primitives.retry import Backoff, RetrySchedule
 from skr.shell.config import Settings
 from skr.shell.wiring import build_runtime
 from skr.snp.device import ReportProvider
@@ -97,12 +98,17 @@ async def run_release(
         KeyName.parse(kid)
     provider = platform or select_provider(configfs_root=settings.configfs_root, sev_guest_path=settings.device_path)
     runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots)
-    jitter = rng or random.Random()  # noqa: S311 - backoff jitter
     loop = asyncio.get_running_loop()
     deadline = loop.time() + job.timeout
+    # One schedule for the whole job: waits of up to 1, 2, 4 … 30 s, never past the job's deadline.
+    schedule = RetrySchedule(
+        Backoff(1.0, 30.0),
+        clock=loop.time,
+        deadline=deadline,
+        rng=rng or random.Random(),  # noqa: S311 - backoff jitter
+    )
     pending = list(job.kids)
     try:
-        delay = 1.0
         while pending:
             kid = pending[0]
             try:
@@ -111,14 +117,12 @@ async def run_release(
                 )
             except (SkrError, TimeoutError) as exc:
                 error = exc if isinstance(exc, SkrError) else UpstreamTimeoutError("release did not finish in time")
-                remaining = deadline - loop.time()
-                if not isinstance(error, RETRYABLE) or remaining <= 0:
+                wait = schedule.next_delay() if isinstance(error, RETRYABLE) else None
+                if wait is None:  # not retryable, or the next attempt could not start before the deadline
                     _logger.error("key %s not released: %s (%s)", kid, error.message, error.code)
                     return exit_code_for(error)
-                wait = min(remaining, jitter.uniform(delay / 2, delay))
                 _logger.warning("key %s: %s; retrying in %.1f s", kid, error.message, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, 30.0)
                 continue
             try:
                 data = export_private_jwk(released.jwk.reveal(), job.fmt)
@@ -129,7 +133,7 @@ async def run_release(
             write_atomically(destination, data.reveal())
             _logger.info("wrote key %s (%s) to %s", kid, released.kty, destination)
             pending.pop(0)
-            delay = 1.0
+            schedule.reset()  # the next key starts from short waits again; the deadline stays
         return EXIT_OK
     finally:
         await runtime.close()

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from skr.core.endpoints import is_loopback_host
 from skr.errors import ConfigError, SkrError
+from skr.primitives.retry import Backoff, RetrySchedule
 from skr.shell.config import Settings
 from skr.shell.http_api import AppState, Metrics, SidecarRunner, create_app
 from skr.shell.wiring import Runtime, build_runtime, utc_now
@@ -67,15 +68,19 @@ class RunningSidecar:
 
 
 async def _warm_up(state: AppState, runtime: Runtime) -> None:
-    delay = 0.5
+    # No deadline and no attempt limit: the sidecar keeps trying (and stays not-ready) until it
+    # works or is stopped, with waits of up to 0.5, 1, 2 … 30 s.
+    schedule = RetrySchedule(Backoff(0.5, 30.0), clock=asyncio.get_running_loop().time)
     while True:
         try:
             await runtime.releaser.warm_up()
         except SkrError as exc:
             state.startup_error = f"{exc.code}: {exc.message}"
+            delay = schedule.next_delay()
+            if delay is None:  # unreachable without a deadline or attempt limit; fail closed if it ever is
+                raise
             _logger.warning("warm-up failed (%s); retrying in %.1f s", exc.message, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
             continue
         state.startup_error = None
         _logger.info("ready: wrapping key generated, report and collateral verified")

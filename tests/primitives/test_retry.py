@@ -57,6 +57,18 @@ def test_attempts_are_counted_in_total() -> None:
     assert schedule.next_delay() is None  # third failure: no fourth attempt
 
 
+def test_reset_starts_the_backoff_over_but_keeps_the_deadline() -> None:
+    clock = FakeClock()
+    schedule = _schedule(clock, timeout=10.0, attempts=2)
+    assert schedule.next_delay() is not None
+    assert schedule.next_delay() is None
+    schedule.reset()
+    assert schedule.next_delay() is not None  # attempts counted afresh
+    clock.now += 10.0
+    schedule.reset()
+    assert schedule.next_delay() is None  # but the deadline has passed
+
+
 def test_unbounded_schedule_keeps_going_within_the_cap() -> None:
     schedule = _schedule(FakeClock(), timeout=None)
     delays = [schedule.next_delay() for _ in range(200)]

@@ -291,13 +291,15 @@ def _b64url_int(value: int, length: int | None = None) -> str:
     return jose.b64url_encode(value.to_bytes(size, "big"))
 
 
-def _public_jwk(key: _KeyVersion, kid: str) -> dict[str, Any]:
+def _public_jwk(key: _KeyVersion, kid: str, *, exponent_bytes: int | None = None) -> dict[str, Any]:
+    """The public JWK; ``exponent_bytes`` pads ``e`` (KV's release payload sends ``AAEAAQ``)."""
     jwk: dict[str, Any] = {"kid": kid, "kty": key.kty, "key_ops": list(key.key_ops)}
     material = key.material
     if isinstance(material, rsa.RSAPrivateKey):
         numbers = material.public_key().public_numbers()
         jwk["n"] = _b64url_int(numbers.n)
-        jwk["e"] = _b64url_int(numbers.e)
+        natural = max(1, (numbers.e.bit_length() + 7) // 8)
+        jwk["e"] = _b64url_int(numbers.e, max(natural, exponent_bytes or 0))
     elif isinstance(material, ec.EllipticCurvePrivateKey):
         numbers_ec = material.public_key().public_numbers()
         length = (material.curve.key_size + 7) // 8
@@ -567,7 +569,10 @@ class KeyVaultEmulator(HostedEmulator):
 
     def _bundle(self, key: _KeyVersion, vault_url: str, *, key_hsm: str | None = None) -> dict[str, Any]:
         kid = f"{vault_url}/keys/{key.name}/{key.version}"
-        jwk = _public_jwk(key, kid)
+        # The Key Vault release payload (REC, azure-facts §2): a 4-byte exponent and a release_policy
+        # of {data, immutable} only; Managed HSM's has AQAB and contentType. Get/create keep both.
+        kv_release = key_hsm is not None and self.flavour is Flavour.KEY_VAULT
+        jwk = _public_jwk(key, kid, exponent_bytes=4 if kv_release else None)
         if key_hsm is not None:
             jwk["key_hsm"] = key_hsm
         recovery_level, recoverable_days = self.flavour.recovery
@@ -592,6 +597,8 @@ class KeyVaultEmulator(HostedEmulator):
                 "data": jose.b64url_encode(key.policy.data),
                 "immutable": key.policy.immutable,
             }
+            if kv_release:
+                del bundle["release_policy"]["contentType"]
         return bundle
 
     def _store(

@@ -1122,3 +1122,34 @@ def test_repr_hides_key_material() -> None:
     seed = SeedKey("k", "oct-HSM", private_key=b"\x13\x37" * 16)
     assert "1337" not in repr(seed) and "\\x13" not in repr(seed)
     assert isinstance(ENTRA_ISSUER, str)
+
+
+@pytest.mark.parametrize(
+    ("flavour", "exponent", "policy_fields"),
+    [
+        (Flavour.KEY_VAULT, "AAEAAQ", {"data", "immutable"}),
+        (Flavour.MANAGED_HSM, "AQAB", {"contentType", "data", "immutable"}),
+    ],
+)
+async def test_release_payload_shape_per_flavour(
+    make_vault: VaultFactory,
+    vault_http: aiohttp.ClientSession,
+    access_issuer: LocalIssuer,
+    attestation_issuer: LocalIssuer,
+    runtime_key: RuntimeKey,
+    flavour: Flavour,
+    exponent: str,
+    policy_fields: set[str],
+) -> None:
+    """KV's release payload carries a 4-byte ``e`` and ``release_policy`` {data, immutable} (REC)."""
+    vault = await _seeded(make_vault, attestation_issuer, flavour, "RSA-HSM")
+    body = {"target": attestation_issuer.mint(sevsnp_claims(runtime_key))}
+    reply = await call(
+        vault_http, vault, "POST", "/keys/release-me//release", token=access_token(access_issuer, flavour), body=body
+    )
+    release_jws(vault, reply)  # verifies
+    raw = json.loads(jose.b64url_decode(reply.json()["value"].split(".")[1], what="payload"))
+    assert raw["response"]["key"]["key"]["e"] == exponent
+    assert set(raw["response"]["key"]["release_policy"]) == policy_fields
+    got = await call(vault_http, vault, "GET", "/keys/release-me", token=access_token(access_issuer, flavour))
+    assert got.json()["key"]["e"] == "AQAB" and "contentType" in got.json()["release_policy"]

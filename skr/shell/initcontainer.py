@@ -33,7 +33,7 @@ from skr.errors import (
     exit_code_for,
 )
 from skr.primitives.retry import Backoff, RetrySchedule
-from skr.shell.config import Settings
+from skr.shell.config import RELEASE_FORMATS, Settings
 from skr.shell.wiring import build_runtime
 from skr.snp.device import ReportProvider
 from skr.snp.provider import select_provider
@@ -43,7 +43,7 @@ __all__ = ["FORMATS", "ReleaseJob", "parse_kids", "run_release", "write_atomical
 
 _logger = logging.getLogger(__name__)
 
-FORMATS: Final = {"jwk": "json", "pem": "pem", "raw": "bin"}
+FORMATS: Final = RELEASE_FORMATS
 RETRYABLE: Final = (UpstreamError, UpstreamTimeoutError, CollateralUnavailableError, IdentityUnavailableError)
 
 

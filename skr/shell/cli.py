@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 # never load aiohttp or the Azure SDKs and ``release`` never loads the HTTP server
 # (tests/shell/test_import_budget.py holds each command to an allow-list of modules).
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "exit_now", "main"]
 
 _logger = logging.getLogger("skr.shell.cli")
 
@@ -574,6 +575,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    code = _dispatch(args)
+    if argv is None and args.command == "release":
+        exit_now(code)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, sys.stdout)
@@ -586,3 +594,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logger.debug("unexpected failure", exc_info=True)
         sys.stderr.write(f"internal error: {type(exc).__name__} (run with -vv for details)\n")
         return EXIT_INTERNAL
+
+
+def exit_now(code: int) -> None:
+    """End a finished ``skr release`` without interpreter teardown.
+
+    By now the event loop has closed every session and each key file was fsynced, renamed and its
+    directory fsynced (:func:`skr.shell.initcontainer.write_atomically`), so nothing is left that
+    finalisation would make durable; tearing down ~800 modules only costs CPU (about 0.15 s, i.e.
+    1.5 s of wall time at the init container's 100m limit) before the pod may start. Only for the
+    real command line (``argv is None``): a caller of :func:`main` keeps its interpreter.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -80,6 +80,12 @@ def write_atomically(path: Path, data: bytes) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    # The rename is durable only once the directory is: `skr release` may exit at once after this.
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 async def run_release(
@@ -97,7 +103,7 @@ async def run_release(
     for kid in job.kids:
         KeyName.parse(kid)
     provider = platform or select_provider(configfs_root=settings.configfs_root, sev_guest_path=settings.device_path)
-    runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots)
+    runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots, one_shot=True)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + job.timeout
     # One schedule for the whole job: waits of up to 1, 2, 4 … 30 s, never past the job's deadline.

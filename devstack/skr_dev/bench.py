@@ -40,10 +40,8 @@ import json
 import logging
 import os
 import platform as python_platform
-import socket
 import ssl
 import statistics
-import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -55,15 +53,19 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from skr.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, PlatformUnavailableError
+from skr.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 from skr.shell.config import Settings
 from skr.shell.serve import RunningSidecar, start_sidecar, wait_for_stop_signal
-from skr.snp.device import RawEvidence, validate_report_request
-from skr.snp.report import REPORT_SIZE, Product
 from skr.snp.verify import TrustedRoots
 from skr_dev import SIMULATED_BANNER
+from skr_dev.simulated.remote import (
+    RemoteSimulatedPlatform,
+    SimulatedReportServer,
+    roots_from_json,
+    roots_to_json,
+    settings_from_json,
+)
 
 if TYPE_CHECKING:
     from skr.shell.wiring import Runtime
@@ -112,7 +114,6 @@ KV_API_VERSION: Final = "7.5"
 SETTLE_SECONDS: Final = 0.5  # lets the successor wrapping key (generated after warm-up) finish
 READY_TIMEOUT: Final = 60.0
 CHILD_STOP_TIMEOUT: Final = 10.0
-_MAX_TABLE_BYTES: Final = 64 * 1024
 _POLL_INTERVAL: Final = 0.002
 
 
@@ -394,115 +395,6 @@ def _json_field(body: bytes, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-# --- the simulated platform over a socket (child side) ----------------------------------------------
-
-
-def _recv_exact(connection: socket.socket, size: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = connection.recv(min(remaining, 65536))
-        if not chunk:
-            raise ConnectionError("the report server closed the connection")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-@dataclass
-class RemoteSimulatedPlatform:
-    """A SIMULATED report provider for a sidecar child process: the parent's chip signs, over loopback.
-
-    Wire format (one request per connection): ``vmpl:u8 with_certificates:u8 report_data[64]`` →
-    ``report_len:u32be table_len:u32be report table``.
-    """
-
-    port: int
-    name: str = "simulated"
-    timeout: float = 10.0
-
-    def get_report(self, report_data: bytes, *, vmpl: int = 0, with_certificates: bool = True) -> RawEvidence:
-        data = validate_report_request(report_data, vmpl)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as connection:
-                connection.sendall(struct.pack(">BB", vmpl, int(with_certificates)) + data)
-                report_len, table_len = struct.unpack(">II", _recv_exact(connection, 8))
-                if report_len != REPORT_SIZE or table_len > _MAX_TABLE_BYTES:
-                    raise PlatformUnavailableError("the simulated report server sent a malformed answer")
-                report = _recv_exact(connection, report_len)
-                table = _recv_exact(connection, table_len)
-        except (OSError, struct.error) as exc:
-            raise PlatformUnavailableError(
-                f"the simulated report server is unreachable ({type(exc).__name__})", tried=(f"127.0.0.1:{self.port}",)
-            ) from None
-        return RawEvidence(report=report, certificates=table, provider=self.name)
-
-
-class SimulatedReportServer:
-    """Serves :class:`RemoteSimulatedPlatform` requests from this process's simulated chip."""
-
-    def __init__(self, platform: SimulatedPlatform) -> None:
-        self._platform = platform
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self.port
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            header = await reader.readexactly(66)
-            vmpl, with_certificates = header[0], bool(header[1])
-            evidence = await asyncio.to_thread(
-                self._platform.get_report, header[2:], vmpl=vmpl, with_certificates=with_certificates
-            )
-            writer.write(struct.pack(">II", len(evidence.report), len(evidence.certificates)))
-            writer.write(evidence.report + evidence.certificates)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
-            _logger.warning("simulated report request failed: %s", type(exc).__name__)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-def _roots_to_json(roots: TrustedRoots) -> list[dict[str, Any]]:
-    def pem(certificate: x509.Certificate | None) -> str | None:
-        return certificate.public_bytes(serialization.Encoding.PEM).decode() if certificate is not None else None
-
-    return [
-        {"product": entry.product.value, "ark": pem(entry.ark), "ask": pem(entry.ask), "asvk": pem(entry.asvk)}
-        for entry in roots.by_product
-    ]
-
-
-def _roots_from_json(document: Sequence[Mapping[str, Any]]) -> TrustedRoots:
-    chains: dict[Product, tuple[x509.Certificate, x509.Certificate, x509.Certificate | None]] = {}
-    for entry in document:
-        asvk = entry.get("asvk")
-        chains[Product(entry["product"])] = (
-            x509.load_pem_x509_certificate(entry["ark"].encode()),
-            x509.load_pem_x509_certificate(entry["ask"].encode()),
-            x509.load_pem_x509_certificate(asvk.encode()) if isinstance(asvk, str) else None,
-        )
-    return TrustedRoots.from_certificates(chains, name=f"simulated ({SIMULATED_BANNER})")
-
-
-def _settings_from_json(document: Mapping[str, Any]) -> Settings:
-    values: dict[str, Any] = {
-        name: tuple(value) if isinstance(value, list) else value for name, value in document.items()
-    }
-    return Settings(**values)
-
-
 # --- child processes --------------------------------------------------------------------------------
 
 
@@ -510,10 +402,10 @@ async def _run_sidecar_child(config_path: Path) -> None:
     """The child: ``skr serve``'s start-up with the remote simulated platform, until SIGTERM."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
     sidecar = await start_sidecar(
-        _settings_from_json(config["settings"]),
+        settings_from_json(config["settings"]),
         platform=RemoteSimulatedPlatform(int(config["report_port"])),
         environ={**os.environ, **config["environ"]},
-        amd_roots=_roots_from_json(config["roots"]),
+        amd_roots=roots_from_json(config["roots"]),
         simulated_banner=SIMULATED_BANNER,
     )
     print(json.dumps({"event": "listening", "port": sidecar.port}), flush=True)
@@ -712,7 +604,7 @@ class _Stack:
     def child_config(self) -> dict[str, Any]:
         return {
             "settings": dataclasses.asdict(self.settings),
-            "roots": _roots_to_json(self.amd_roots),
+            "roots": roots_to_json(self.amd_roots),
             "report_port": self.report_server.port,
             "environ": self.emulators.environment(),
         }

@@ -85,6 +85,9 @@ class ReleaseOptions:
     identity_timeout: float = 15.0  # seconds for the access token, fetched beside attestation
     vmpl: int = 0
     managed_hsm_hosts: frozenset[str] = field(default_factory=frozenset)
+    # A long-running sidecar prepares the next wrapping key ahead of need; a one-shot run (``skr
+    # release``) would generate one it never uses, on the CPU its first key is waiting for.
+    prepare_successor: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,9 @@ class AttestationEvidence:
 class _WrappingKeys:
     """The current wrapping key and the next one, generated in a worker thread ahead of need."""
 
-    def __init__(self, bits: int, max_age: timedelta) -> None:
+    def __init__(self, bits: int, max_age: timedelta, *, prepare_successor: bool = True) -> None:
         self._bits = bits
+        self._prepare_successor = prepare_successor
         self._max_age = max_age.total_seconds()
         self._current: tuple[float, WrappingKey] | None = None
         self._next: asyncio.Task[WrappingKey] | None = None
@@ -123,7 +127,11 @@ class _WrappingKeys:
         if self._current is None or self._current[1] is not key:
             self._current = (time.monotonic(), key)
         # Prepare the successor now so rotation never generates on a request path.
-        self._next = asyncio.ensure_future(asyncio.to_thread(generate_wrapping_key, self._bits))
+        self._next = (
+            asyncio.ensure_future(asyncio.to_thread(generate_wrapping_key, self._bits))
+            if self._prepare_successor
+            else None
+        )
         return key
 
     async def close(self) -> None:
@@ -160,7 +168,11 @@ class KeyReleaser:
         self._context = security_context
         self._default_maa = default_maa
         self._default_akv = default_akv
-        self._keys = _WrappingKeys(self.options.wrapping_key_bits, self.options.wrapping_key_max_age)
+        self._keys = _WrappingKeys(
+            self.options.wrapping_key_bits,
+            self.options.wrapping_key_max_age,
+            prepare_successor=self.options.prepare_successor,
+        )
         self._tokens: dict[tuple[str, str], MaaToken] = {}
         self._evidence: dict[str, AttestationEvidence] = {}
         self._released: dict[Hashable, tuple[float, ReleasedJwk]] = {}

@@ -21,7 +21,11 @@ from skr.core.endpoints import AllowList, Endpoint
 from skr.errors import ConfigError
 from skr.primitives.encoding import b64_decode_lenient_padding
 
-__all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "parse_go_sidecar_args"]
+__all__ = ["RELEASE_FORMATS", "SETTINGS", "Setting", "Settings", "load_settings", "parse_go_sidecar_args"]
+
+#: ``skr release --format`` -> key-file suffix. Declared here, beside the other options, so the CLI
+#: can list the choices without importing the release machinery (aiohttp, the Azure SDKs) for ``--help``.
+RELEASE_FORMATS: Final = {"jwk": "json", "pem": "pem", "raw": "bin"}
 
 
 def _bool(text: str) -> bool:

@@ -33,7 +33,7 @@ from skr.errors import (
     exit_code_for,
 )
 from skr.primitives.retry import Backoff, RetrySchedule
-from skr.shell.config import Settings
+from skr.shell.config import RELEASE_FORMATS, Settings
 from skr.shell.wiring import build_runtime
 from skr.snp.device import ReportProvider
 from skr.snp.provider import select_provider
@@ -43,7 +43,7 @@ __all__ = ["FORMATS", "ReleaseJob", "parse_kids", "run_release", "write_atomical
 
 _logger = logging.getLogger(__name__)
 
-FORMATS: Final = {"jwk": "json", "pem": "pem", "raw": "bin"}
+FORMATS: Final = RELEASE_FORMATS
 RETRYABLE: Final = (UpstreamError, UpstreamTimeoutError, CollateralUnavailableError, IdentityUnavailableError)
 
 
@@ -80,6 +80,12 @@ def write_atomically(path: Path, data: bytes) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    # The rename is durable only once the directory is: `skr release` may exit at once after this.
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 async def run_release(
@@ -97,7 +103,7 @@ async def run_release(
     for kid in job.kids:
         KeyName.parse(kid)
     provider = platform or select_provider(configfs_root=settings.configfs_root, sev_guest_path=settings.device_path)
-    runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots)
+    runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots, one_shot=True)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + job.timeout
     # One schedule for the whole job: waits of up to 1, 2, 4 … 30 s, never past the job's deadline.

@@ -94,8 +94,12 @@ async def build_runtime(
     environ: Mapping[str, str] | None = None,
     amd_roots: TrustedRoots | None = None,
     clock: Callable[[], datetime] = utc_now,
+    one_shot: bool = False,
 ) -> Runtime:
-    """Build the release core. ``amd_roots`` defaults to the pinned AMD roots."""
+    """Build the release core. ``amd_roots`` defaults to the pinned AMD roots.
+
+    ``one_shot`` (``skr release``) skips what only a long-running sidecar uses: the spare wrapping key.
+    """
     env = os.environ if environ is None else environ
     # azure-identity logs an unparsable token response, body (and so the token) included, at
     # WARNING. The sidecar owns this process's logging: keep that logger at ERROR and above.
@@ -163,6 +167,7 @@ async def build_runtime(
             released_key_ttl=timedelta(seconds=settings.released_key_ttl) if settings.released_key_ttl > 0 else None,
             identity_timeout=settings.akv_timeout,
             managed_hsm_hosts=settings.managed_hsm_netlocs(),
+            prepare_successor=not one_shot,
         ),
         security_context=security_context,
         default_maa=settings.maa_endpoint or None,

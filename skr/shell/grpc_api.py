@@ -12,8 +12,10 @@ raw message bytes reach that reader. grpcio is imported only here, and this modu
 port is configured, so ``skr release`` and ``skr --help`` never load it.
 
 Origin rule as for HTTP: the listener is loopback unless ``--unsafe-bind``; each call's peer must be
-a loopback address and its ``:authority`` (when the transport exposes it) a loopback name or literal
-with the bound port. Logs and errors never carry the layer key or the released key.
+a loopback address and its ``:authority`` a loopback name or literal with the bound port when the
+transport exposes it — grpcio 1.85 does not pass ``:authority`` to handlers, so in practice the
+loopback listener and the peer check are what enforce the rule.
+Logs and errors never carry the layer key or the released key.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ __all__ = [
     "ValidationFailedError",
     "VerificationError",
     "exit_code_for",
+    "grpc_status_for",
     "http_status_for",
 ]
 
@@ -274,6 +275,30 @@ _HTTP_STATUS: dict[str, int] = {
     "internal_error": 500,
 }
 
+# gRPC status (by name, so this module needs no grpc import) for the key-provider API; README documents it.
+_GRPC_STATUS: dict[str, str] = {
+    "bad_request": "INVALID_ARGUMENT",
+    "config_error": "INTERNAL",
+    "body_too_large": "INVALID_ARGUMENT",
+    "endpoint_not_allowed": "PERMISSION_DENIED",
+    "not_ready": "UNAVAILABLE",
+    "platform_unavailable": "FAILED_PRECONDITION",
+    "platform_error": "INTERNAL",
+    "platform_busy": "UNAVAILABLE",
+    "verification_failed": "UNAVAILABLE",
+    "invalid_report": "INTERNAL",
+    "validation_failed": "PERMISSION_DENIED",
+    "collateral_unavailable": "UNAVAILABLE",
+    "attestation_rejected": "PERMISSION_DENIED",
+    "release_denied": "PERMISSION_DENIED",
+    "key_not_found": "NOT_FOUND",
+    "upstream_unavailable": "UNAVAILABLE",
+    "upstream_timeout": "DEADLINE_EXCEEDED",
+    "invalid_upstream_response": "UNAVAILABLE",
+    "identity_unavailable": "UNAUTHENTICATED",
+    "internal_error": "INTERNAL",
+}
+
 # CLI exit codes: documented in the README; distinct per failure class.
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -299,6 +324,11 @@ _EXIT_BY_FAMILY: tuple[tuple[type[SkrError], int], ...] = (
 def http_status_for(error: SkrError) -> int:
     """The HTTP status the local API answers for ``error``."""
     return _HTTP_STATUS.get(error.code, 500)
+
+
+def grpc_status_for(error: SkrError) -> str:
+    """The gRPC status code name the key-provider API answers for ``error``."""
+    return _GRPC_STATUS.get(error.code, "INTERNAL")
 
 
 def exit_code_for(error: SkrError) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "export_private_jwk",
     "generate_wrapping_key",
     "private_jwk_from_key_bytes",
+    "rsa_private_key_from_jwk",
     "rsa_public_jwk",
     "unwrap_released_key",
 ]
@@ -253,6 +254,16 @@ def _ec_private_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     }
 
 
+def rsa_private_key_from_jwk(jwk: dict[str, Any]) -> rsa.RSAPrivateKey:
+    """The private key of a released RSA JWK (the key-provider unwrap decrypts with it in memory)."""
+
+    def num(name: str) -> int:
+        return int.from_bytes(b64url_decode(jwk[name]), "big")
+
+    public = rsa.RSAPublicNumbers(num("e"), num("n"))
+    return rsa.RSAPrivateNumbers(num("p"), num("q"), num("d"), num("dp"), num("dq"), num("qi"), public).private_key()
+
+
 def export_private_jwk(jwk: dict[str, Any], fmt: str) -> Sensitive[bytes]:
     """Serialise a released private JWK as ``jwk`` (JSON), ``pem`` (PKCS#8) or ``raw``.
 
@@ -268,12 +279,7 @@ def export_private_jwk(jwk: dict[str, Any], fmt: str) -> Sensitive[bytes]:
         return Sensitive(b64url_decode(jwk["k"]), "key file")
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if kty == "RSA":
-
-        def num(name: str) -> int:
-            return int.from_bytes(b64url_decode(jwk[name]), "big")
-
-        public = rsa.RSAPublicNumbers(num("e"), num("n"))
-        key = rsa.RSAPrivateNumbers(num("p"), num("q"), num("d"), num("dp"), num("dq"), num("qi"), public).private_key()
+        key = rsa_private_key_from_jwk(jwk)
     elif kty == "EC":
         curve = {v: k for k, v in _CURVE_NAMES.items()}.get(jwk.get("crv", ""))
         if curve is None:

@@ -35,7 +35,14 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import AioHttpTransport
 from cryptography import x509
 
-from skr.core.crypto import ENC_ALGORITHMS, WrappingKey, b64url_decode, private_jwk_from_key_bytes, unwrap_released_key
+from skr.core.crypto import (
+    ENC_ALGORITHMS,
+    WrappingKey,
+    b64url_decode,
+    b64url_encode,
+    private_jwk_from_key_bytes,
+    unwrap_released_key,
+)
 from skr.core.endpoints import Endpoint, is_loopback_host
 from skr.core.jose import ReleasePayload, verify_release_jws
 from skr.core.upstream import RetryPolicy, Upstream
@@ -158,6 +165,25 @@ class VaultClient:
             raise InvalidUpstreamResponseError("key vault release response has no value", service="keyvault")
         payload = self._verify(jws, vault)
         return _unwrap(payload, key, wrapping_key, enc)
+
+    async def public_key(self, vault: Endpoint, key: KeyName, *, credential: AsyncTokenCredential) -> dict[str, Any]:
+        """The public JWK of ``key`` (get key; no attestation needed), for wrapping image layer keys by name."""
+        client = self._client(vault, credential)
+        try:
+            result = await asyncio.wait_for(client.get_key(key.name, version=key.version), self._timeout)
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"key vault {vault} did not answer within {self._timeout:.0f} s", service="keyvault"
+            ) from None
+        except SkrError:
+            raise
+        except Exception as exc:
+            raise _map_sdk_error(exc, vault, key) from None
+        jwk = getattr(result, "key", None)
+        n, e = getattr(jwk, "n", None), getattr(jwk, "e", None)
+        if not isinstance(n, bytes) or not isinstance(e, bytes):
+            raise InvalidUpstreamResponseError(f"key {key} is not an RSA key", service="keyvault")
+        return {"kty": "RSA", "n": b64url_encode(n), "e": b64url_encode(e), "kid": str(getattr(jwk, "kid", "") or "")}
 
     def preload(self) -> None:
         """Import the Key Vault SDK now (blocking; call from a worker thread), not on the first release."""

@@ -347,6 +347,18 @@ class KeyReleaser:
             vault, key, attestation_token=token.raw, credential=credential, wrapping_key=wrapping, enc=enc
         )
 
+    async def public_key(self, *, kid: str, akv: str | None = None) -> tuple[Endpoint, dict[str, Any]]:
+        """The vault and public JWK of ``kid`` (allow-listed vault, the configured identity; no attestation)."""
+        vault = self._endpoint(akv, self._default_akv, EndpointKind.KEY_VAULT)
+        if self._identity is None:
+            raise BadRequestError("wrapping with a vault key needs an identity, and none is configured")
+        return vault, await self._vault.public_key(vault, KeyName.parse(kid), credential=self._identity)
+
+    @property
+    def default_maa(self) -> str | None:
+        """The MAA instance used when a request names none (written into annotations made by wrap)."""
+        return self._default_maa
+
     def _endpoint(self, given: str | None, default: str | None, kind: EndpointKind) -> Endpoint:
         what = "maa_endpoint" if kind is EndpointKind.MAA else "akv_endpoint"
         text = given or default

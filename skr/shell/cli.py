@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from skr import __version__
 from skr.errors import (
@@ -566,10 +566,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The Go sidecar's single-dash flags that skr accepts as they are (deployments pass them unchanged).
+_GO_FLAGS: Final = {"-server_type": "--server-type", "-port": "--port"}
+
+
+def _go_flags(argv: Sequence[str]) -> list[str]:
+    """Rewrite ``-server_type grpc`` / ``-server_type=grpc`` (and ``-port``) to skr's flags."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        flag = _GO_FLAGS.get(name)
+        out.append(f"{flag}{sep}{value}" if flag else arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (see :mod:`skr.errors`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_go_flags(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

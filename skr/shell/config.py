@@ -48,6 +48,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _optional_port(text: str) -> int:
+    """A port, or -1 (also "" / "off") for "not listening"."""
+    if text.strip().lower() in ("", "off", "-1"):
+        return -1
+    return _port(text)
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
@@ -102,6 +109,13 @@ class Setting:
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("host", str, "127.0.0.1", "address to listen on; non-loopback needs --unsafe-bind"),
     Setting("port", _port, 8080, "port to listen on (also the Go sidecar's Port variable)"),
+    Setting("grpc_port", _optional_port, -1, "gRPC key-provider port (-1: off, 0: pick a free one)"),
+    Setting(
+        "server_type",
+        _choice("http", "grpc"),
+        "http",
+        "grpc: serve only the gRPC key provider on --port, as the Go sidecar's ServerType/-server_type",
+    ),
     Setting("unsafe_bind", _bool, False, "allow a non-loopback listen address (logged as a warning)"),
     Setting("log_level", _log_level, "info", "debug, info, warning, error (also the Go sidecar's LogLevel)"),
     Setting("log_format", _choice("json", "text", "auto"), "auto", "json, text, or auto (json in containers)"),
@@ -143,6 +157,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int = -1
+    server_type: str = "http"
     unsafe_bind: bool = False
     log_level: str = "info"
     log_format: str = "auto"
@@ -239,7 +255,7 @@ def load_settings(flags: Mapping[str, Any] | None = None, environ: Mapping[str, 
     values: dict[str, Any] = {}
     if env.get("SkrSideCarArgs"):
         values.update(parse_go_sidecar_args(env["SkrSideCarArgs"]))
-    for go_name, name in (("Port", "port"), ("LogLevel", "log_level")):
+    for go_name, name in (("Port", "port"), ("LogLevel", "log_level"), ("ServerType", "server_type")):
         if env.get(go_name):
             values[name] = _parse(_BY_NAME[name], env[go_name], go_name)
     for setting in SETTINGS:

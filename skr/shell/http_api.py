@@ -52,6 +52,12 @@ class Metrics:
         self.upstream_latency = Histogram(
             "skr_upstream_request_seconds", "Upstream call latency", ["service"], registry=self.registry
         )
+        self.grpc_requests = Counter(
+            "skr_grpc_requests", "gRPC key-provider calls", ["method", "code"], registry=self.registry
+        )
+        self.grpc_latency = Histogram(
+            "skr_grpc_request_seconds", "gRPC key-provider call latency", ["method"], registry=self.registry
+        )
         self.releases = Counter("skr_key_releases", "Key releases by outcome", ["outcome"], registry=self.registry)
 
     def record_upstream(self, service: str, status: int | None, seconds: float) -> None:

@@ -19,6 +19,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -28,6 +29,9 @@ from skr.primitives.retry import Backoff, RetrySchedule
 from skr.shell.config import Settings
 from skr.shell.http_api import AppState, Metrics, SidecarRunner, create_app
 from skr.shell.wiring import Runtime, build_runtime, utc_now
+
+if TYPE_CHECKING:
+    from skr.shell.grpc_api import GrpcServer
 from skr.snp.device import ReportProvider
 from skr.snp.provider import select_provider
 from skr.snp.verify import TrustedRoots
@@ -51,19 +55,27 @@ def check_bind_address(host: str, *, unsafe: bool) -> None:
 
 @dataclass
 class RunningSidecar:
-    """A started sidecar: its runtime, app state, HTTP runner and warm-up task."""
+    """A started sidecar: its runtime, app state, HTTP runner, gRPC server and warm-up task."""
 
     runtime: Runtime
     state: AppState
-    runner: web.AppRunner
+    runner: web.AppRunner | None
     warm_up: asyncio.Task[None]
     port: int
+    grpc: GrpcServer | None = None
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.grpc.port if self.grpc is not None else None
 
     async def stop(self) -> None:
         self.warm_up.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.warm_up
-        await self.runner.cleanup()
+        if self.grpc is not None:
+            await self.grpc.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
         await self.runtime.close()
 
 
@@ -114,6 +126,32 @@ async def start_sidecar(
         max_body_bytes=settings.max_body_bytes,
         simulated_banner=simulated_banner,
     )
+    grpc_only = settings.server_type == "grpc"
+    runner: web.AppRunner | None = None
+    port = settings.port
+    if not grpc_only:
+        runner, port = await _start_http(state, settings, runtime)
+    grpc_port = settings.port if grpc_only else settings.grpc_port
+    grpc_server = None
+    if grpc_port >= 0:
+        # Imported here: grpcio loads only when a gRPC port is configured.
+        from skr.shell.grpc_api import GrpcState, start_grpc  # noqa: PLC0415
+
+        try:
+            grpc_server = await start_grpc(GrpcState(state), settings.host, grpc_port)
+        except BaseException:
+            if runner is not None:
+                await runner.cleanup()
+            await runtime.close()
+            raise
+        if grpc_only:
+            port = grpc_server.port
+    _logger.info("provider %s", getattr(provider, "name", "?"))
+    task = asyncio.ensure_future(_warm_up(state, runtime))
+    return RunningSidecar(runtime, state, runner, task, port, grpc_server)
+
+
+async def _start_http(state: AppState, settings: Settings, runtime: Runtime) -> tuple[web.AppRunner, int]:
     runner = SidecarRunner(create_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -125,9 +163,8 @@ async def start_sidecar(
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     addresses = runner.addresses  # the bound socket tells the real port when 0 was asked for
     port = int(addresses[0][1]) if addresses else settings.port
-    _logger.info("listening on http://%s:%d (provider %s)", settings.host, port, getattr(provider, "name", "?"))
-    task = asyncio.ensure_future(_warm_up(state, runtime))
-    return RunningSidecar(runtime, state, runner, task, port)
+    _logger.info("listening on http://%s:%d", settings.host, port)
+    return runner, port
 
 
 async def wait_for_stop_signal() -> None:

@@ -1,6 +1,7 @@
 """The localhost HTTP API (design.md §2), a drop-in for the Go sidecar's paths and JSON shapes.
 
-Handlers only parse, call :class:`skr.core.release.KeyReleaser`, and serialise. One middleware turns
+Handlers only parse, call :class:`skr.core.release.KeyReleaser`, and serialise. One middleware first applies
+the request origin policy (:mod:`skr.shell.origin`: no browser-borne or DNS-rebound request), then turns
 every :class:`skr.errors.SkrError` into ``{"error": ..., "code": ...}`` with the status from
 :func:`skr.errors.http_status_for`; anything unexpected becomes a 500 without details. Bodies are
 capped, JSON is validated, every response carries a request id, and every response is
@@ -27,6 +28,7 @@ from skr.core.release import KeyReleaser
 from skr.errors import BadRequestError, BodyTooLargeError, NotReadyError, SkrError, http_status_for
 from skr.primitives.encoding import b64_decode_lenient_alphabet, b64_encode
 from skr.shell.logs import request_id_var
+from skr.shell.origin import check_request_origin
 
 __all__ = ["AppState", "Metrics", "SidecarRunner", "create_app"]
 
@@ -98,6 +100,7 @@ async def _middleware(
     started = time.perf_counter()
     try:
         try:
+            _check_origin(request)
             response = await handler(request)
         except SkrError as exc:
             status = http_status_for(exc)
@@ -131,6 +134,25 @@ async def _middleware(
         return response
     finally:
         request_id_var.reset(token)
+
+
+def _check_origin(request: web.BaseRequest) -> None:
+    """Apply :mod:`skr.shell.origin` with the accepting socket's address (before any handler runs)."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        local_address, local_port = "", -1  # no socket (closed already): nothing can match, refuse
+    else:
+        local_address, local_port = str(sockname[0]), int(sockname[1])
+    headers = request.headers
+    check_request_origin(
+        hosts=headers.getall("Host", []),
+        origins=headers.getall("Origin", []),
+        fetch_sites=headers.getall("Sec-Fetch-Site", []),
+        http_version=(request.version.major, request.version.minor),
+        local_address=local_address,
+        local_port=local_port,
+    )
 
 
 def _http_exception_code(exc: web.HTTPException) -> tuple[str, str]:

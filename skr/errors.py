@@ -104,7 +104,7 @@ class EndpointNotAllowedError(RequestError):
     code = "endpoint_not_allowed"
 
 
-class OriginNotAllowedError(ConfigError):
+class OriginNotAllowedError(RequestError):
     """A request looks browser-borne (Origin, cross-site Sec-Fetch-Site) or names a foreign Host.
 
     See :mod:`skr.shell.origin`: refused so that no web page, and no DNS-rebound name, can release keys.

@@ -295,6 +295,10 @@ async def key_release(request: web.Request) -> web.Response:
     maa = _string_field(body, "maa_endpoint", required=False, max_length=300)
     akv = _string_field(body, "akv_endpoint", required=False, max_length=300)
     access_token = _string_field(body, "access_token", required=False, max_length=16 * 1024)
+    if access_token is not None and not (access_token.isascii() and access_token.isprintable()):
+        # It becomes an Authorization header: CR/LF or other controls would be refused by the HTTP
+        # client later as a misleading upstream error (issue 13 item 6). The value is not echoed.
+        raise BadRequestError("'access_token' must be printable ASCII (no CR, LF or other control characters)")
     enc = _string_field(body, "enc", required=False, max_length=64) or "CKM_RSA_AES_KEY_WRAP"
     if enc not in ENC_VALUES:
         raise BadRequestError(f"'enc' must be one of {', '.join(sorted(ENC_VALUES))}")

@@ -903,3 +903,13 @@ def test_method_not_allowed_carries_allow(live_sidecar: LiveSidecar) -> None:
     reply = live_sidecar.request("PUT", "/key/release")
     check_reply(reply, statuses={405}, code="method_not_allowed")
     assert reply.headers.get("allow") == "POST"
+
+
+@pytest.mark.parametrize("token", ["a\r\nX-Injected: 1", "a\nb", "a\x00b", "t\u00f6ken"])
+def test_access_token_with_control_characters_is_a_bad_request(live_sidecar: LiveSidecar, token: str) -> None:
+    """Issue 13 item 6: a CR/LF token answered 502 upstream_unavailable; it is the caller's error."""
+    allowed = live_sidecar.allowed_endpoint
+    body = {"kid": "fuzz-key", "maa_endpoint": allowed, "akv_endpoint": allowed, "access_token": token}
+    reply = live_sidecar.post_json("/key/release", body)
+    check_reply(reply, statuses={400}, code="bad_request")
+    assert "X-Injected" not in reply.body.decode(errors="replace")

@@ -37,6 +37,7 @@ __all__ = [
     "KeyNotFoundError",
     "KeyReleaseError",
     "NotReadyError",
+    "OriginNotAllowedError",
     "PlatformUnavailableError",
     "ReleaseDeniedError",
     "ReportFormatError",
@@ -102,6 +103,15 @@ class EndpointNotAllowedError(RequestError):
     """A request named an endpoint outside the allow-list; nothing was sent to it."""
 
     code = "endpoint_not_allowed"
+
+
+class OriginNotAllowedError(RequestError):
+    """A request looks browser-borne (Origin, cross-site Sec-Fetch-Site) or names a foreign Host.
+
+    See :mod:`skr.shell.origin`: refused so that no web page, and no DNS-rebound name, can release keys.
+    """
+
+    code = "origin_not_allowed"
 
 
 class NotReadyError(SkrError):
@@ -257,6 +267,7 @@ _HTTP_STATUS: dict[str, int] = {
     "config_error": 500,
     "body_too_large": 413,
     "endpoint_not_allowed": 403,
+    "origin_not_allowed": 403,
     "not_ready": 503,
     "platform_unavailable": 503,
     "platform_error": 502,

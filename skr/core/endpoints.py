@@ -108,7 +108,9 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _parse_port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # ASCII digits only: str.isdigit() accepts superscripts (int() then raises) and int() accepts
+    # full-width digits, so neither may decide what a port is.
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise BadRequestError(f"{what} has an invalid port")
     return int(text)
 
@@ -118,7 +120,7 @@ def _valid_host(host: str) -> bool:
         ipaddress.ip_address(host)
     except ValueError:
         labels = host.split(".")
-        return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+        return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
     return True
 
 

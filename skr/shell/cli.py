@@ -10,6 +10,8 @@ Subcommands so far:
   ``--host-data`` / ``--policy`` / ``--report-data`` / ``--measurement``, validates its fields.
   Certificates are required: PEM, concatenated DER, or the GHCB certificate table of an extended
   report (``--certs`` may repeat, e.g. a VCEK file plus an ASK/ARK file). Nothing is fetched.
+  A debug, migratable or VMPL>0 guest fails unless ``--allow-debug`` / ``--allow-migration`` /
+  ``--allow-vmpl``; the text output lists the policy flags and every check not requested.
 * ``skr report`` asks this machine's SEV-SNP platform for a report. It never falls back to a
   simulated platform: without SEV-SNP it fails with the platform exit code.
 
@@ -20,6 +22,7 @@ later commands (serve, release, dev, doctor) slot in beside these.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -192,17 +195,31 @@ def _add_verify(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="TIME",
         help="verify certificate validity at this ISO 8601 time (default: now)",
     )
+    parser.add_argument(
+        "--allow-debug", action="store_true", help="accept a guest whose policy allows debugging (not confidential)"
+    )
+    parser.add_argument(
+        "--allow-migration", action="store_true", help="accept a guest whose policy allows a migration agent"
+    )
+    parser.add_argument("--allow-vmpl", action="store_true", help="accept a report requested at a VMPL other than 0")
     parser.add_argument("--json", action="store_true", help="print every field and the result as JSON")
     parser.set_defaults(handler=_run_verify)
 
 
 def _verify_options(args: argparse.Namespace) -> ValidationOptions:
+    """The checks ``skr verify`` applies. Why the defaults refuse: an OK must mean "fit for secrets",
+    and a debug guest (the host can read its memory), a migratable one (a migration agent can move
+    its memory out) or a report from VMPL>0 (a less privileged layer spoke) is not, unless the
+    caller says so explicitly with ``--allow-*``."""
     from skr.snp.validate import ValidationOptions  # noqa: PLC0415 - per-command import
 
     options = ValidationOptions(
         host_data=_hex_argument(args.host_data, "--host-data") if args.host_data else None,
         report_data=_hex_argument(args.report_data, "--report-data") if args.report_data else None,
         measurement=_hex_argument(args.measurement, "--measurement") if args.measurement else None,
+        require_no_debug=not args.allow_debug,
+        require_no_migration_agent=not args.allow_migration,
+        vmpl=None if args.allow_vmpl else 0,
     )
     if args.policy:
         policy = _read_file(args.policy, 1024 * 1024, "policy file")
@@ -250,6 +267,7 @@ def _run_verify(args: argparse.Namespace, out: TextIO) -> int:
         error, failures = exc, [exc.message]
 
     product = verified.product if verified is not None else None
+    not_checked = _not_checked(options)
     if args.json:
         _print_json(
             {
@@ -271,6 +289,7 @@ def _run_verify(args: argparse.Namespace, out: TextIO) -> int:
                     )
                     if value is not None
                 },
+                "not_checked": not_checked,
                 "report": report.as_dict(product or report.product_from_cpuid()) if report is not None else None,
             },
             out,
@@ -285,10 +304,32 @@ def _run_verify(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"host_data: {report.host_data.hex()}\n")
             out.write(f"measurement: {report.measurement.hex()}\n")
             out.write(f"report_data: {report.report_data.hex()}\n")
+            policy = report.policy
+            out.write(f"policy flags: {' '.join(policy.flags()) or '(none)'}\n")
+            out.write(
+                f"debug: {_yes_no(policy.debug)}, migration agent: {_yes_no(policy.migrate_ma)}, "
+                f"SMT: {_yes_no(policy.smt_allowed)}, VMPL: {report.vmpl}, "
+                f"signing key: {report.signing_key.name}\n"
+            )
+        for name in not_checked:
+            out.write(f"check {name}: not checked\n")
         out.write("result: OK\n" if error is None else "result: FAILED\n")
         for failure in failures:
             sys.stderr.write(f"error: {failure}\n")
     return EXIT_OK if error is None else exit_code_for(error)
+
+
+def _yes_no(flag: bool) -> str:
+    return "allowed" if flag else "not allowed"
+
+
+def _not_checked(options: ValidationOptions) -> list[str]:
+    """Every validation the caller did not ask for, so an OK is never read as more than it says."""
+    return [
+        item.name
+        for item in dataclasses.fields(options)
+        if getattr(options, item.name) is None or getattr(options, item.name) is False
+    ]
 
 
 # --- skr report -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The localhost HTTP API (design.md §2), a drop-in for the Go sidecar's paths and JSON shapes.
 
-Handlers only parse, call :class:`skr.core.release.KeyReleaser`, and serialise. One middleware turns
+Handlers only parse, call :class:`skr.core.release.KeyReleaser`, and serialise. One middleware first applies
+the request origin policy (:mod:`skr.shell.origin`: no browser-borne or DNS-rebound request), then turns
 every :class:`skr.errors.SkrError` into ``{"error": ..., "code": ...}`` with the status from
 :func:`skr.errors.http_status_for`; anything unexpected becomes a 500 without details. Bodies are
 capped, JSON is validated, every response carries a request id, and every response is
@@ -27,6 +28,7 @@ from skr.core.release import KeyReleaser
 from skr.errors import BadRequestError, BodyTooLargeError, NotReadyError, SkrError, http_status_for
 from skr.primitives.encoding import b64_decode_lenient_alphabet, b64_encode
 from skr.shell.logs import request_id_var
+from skr.shell.origin import check_request_origin
 
 __all__ = ["AppState", "Metrics", "SidecarRunner", "create_app"]
 
@@ -104,6 +106,7 @@ async def _middleware(
     started = time.perf_counter()
     try:
         try:
+            _check_origin(request)
             response = await handler(request)
         except SkrError as exc:
             status = http_status_for(exc)
@@ -137,6 +140,25 @@ async def _middleware(
         return response
     finally:
         request_id_var.reset(token)
+
+
+def _check_origin(request: web.BaseRequest) -> None:
+    """Apply :mod:`skr.shell.origin` with the accepting socket's address (before any handler runs)."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        local_address, local_port = "", -1  # no socket (closed already): nothing can match, refuse
+    else:
+        local_address, local_port = str(sockname[0]), int(sockname[1])
+    headers = request.headers
+    check_request_origin(
+        hosts=headers.getall("Host", []),
+        origins=headers.getall("Origin", []),
+        fetch_sites=headers.getall("Sec-Fetch-Site", []),
+        http_version=(request.version.major, request.version.minor),
+        local_address=local_address,
+        local_port=local_port,
+    )
 
 
 def _http_exception_code(exc: web.HTTPException) -> tuple[str, str]:
@@ -279,6 +301,10 @@ async def key_release(request: web.Request) -> web.Response:
     maa = _string_field(body, "maa_endpoint", required=False, max_length=300)
     akv = _string_field(body, "akv_endpoint", required=False, max_length=300)
     access_token = _string_field(body, "access_token", required=False, max_length=16 * 1024)
+    if access_token is not None and not (access_token.isascii() and access_token.isprintable()):
+        # It becomes an Authorization header: CR/LF or other controls would be refused by the HTTP
+        # client later as a misleading upstream error (issue 13 item 6). The value is not echoed.
+        raise BadRequestError("'access_token' must be printable ASCII (no CR, LF or other control characters)")
     enc = _string_field(body, "enc", required=False, max_length=64) or "CKM_RSA_AES_KEY_WRAP"
     if enc not in ENC_VALUES:
         raise BadRequestError(f"'enc' must be one of {', '.join(sorted(ENC_VALUES))}")

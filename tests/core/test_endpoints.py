@@ -76,3 +76,18 @@ def test_parse_never_crashes(text: str) -> None:
     except BadRequestError:
         return
     assert Endpoint.parse(endpoint.base_url) == endpoint
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "evil\n.vault.azure.net",  # `$` matched before the newline: the suffix check passed (issue 13)
+        "myvault.vault.azure.net\n:443",
+        "127.0.0.1:\u00b9",  # a superscript digit: isdigit() said yes, int() raised → 500
+        "127.0.0.1:\uff18\uff14\uff14\uff13",  # full-width digits: int() accepted them as 8443
+        "127.0.0.1:000443",
+    ],
+)
+def test_non_ascii_and_newline_spellings_are_bad_requests(text: str) -> None:
+    with pytest.raises(BadRequestError):
+        Endpoint.parse(text)

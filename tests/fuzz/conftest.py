@@ -250,9 +250,10 @@ class LiveSidecar:
         For requests aiohttp's client refuses to produce: broken request lines, bogus framing,
         non-UTF-8 bytes, oversized headers. The caller should send ``Connection: close`` where it
         can, so the server ends the exchange; otherwise reading stops after ``timeout``.
+        ``Host: x`` stands for the sidecar's own address (see :meth:`own_host`).
         """
         self.sent += 1
-        chunks = [parts] if isinstance(parts, bytes) else list(parts)
+        chunks = [self.own_host(parts)] if isinstance(parts, bytes) else [self.own_host(p) for p in parts]
         received = b""
         timed_out = False
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
@@ -281,7 +282,15 @@ class LiveSidecar:
         """Write a partial request and hang up without reading: a client that goes away."""
         self.sent += 1
         with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as sock:
-            sock.sendall(data)
+            sock.sendall(self.own_host(data))
+
+    def own_host(self, data: bytes) -> bytes:
+        """Replace the placeholder ``Host: x`` with this sidecar's address and port.
+
+        The origin policy (skr/shell/origin.py) refuses a foreign Host with 403 before routing, so
+        without this the raw cases would test that policy instead of the parser and handlers.
+        """
+        return data.replace(b"Host: x\r\n", b"Host: 127.0.0.1:%d\r\n" % self.port)
 
     def wait_for_identity_flights(self, *, timeout: float) -> None:
         """Block until no identity token fetch is in flight, then collect garbage.

@@ -384,7 +384,8 @@ JSON_ODDITIES: Final[tuple[tuple[str, bytes, frozenset[int]], ...]] = (
     ("/key/release", _body_with("/key/release", "maa_endpoint", "refused.example/../x"), frozenset({400, 403})),
     ("/key/release", _body_with("/key/release", "enc", "rsa_aes_key_wrap_256"), frozenset({400})),
     ("/key/release", _body_with("/key/release", "enc", "RSA_AES_KEY_WRAP_256\x00"), frozenset({400})),
-    ("/key/release", _body_with("/key/release", "access_token", "\x00" * 100), frozenset({403})),
+    # a NUL-filled token is the caller's error, before any endpoint is looked at (issue 13 item 6)
+    ("/key/release", _body_with("/key/release", "access_token", "\x00" * 100), frozenset({400})),
     ("/attest/raw", _body_with("/attest/raw", "runtime_data", "A\u0000"), frozenset({400})),
     # not JSON at all, or JSON with trailing data
     ("/attest/raw", f'{{"runtime_data": "{B64}"}} x'.encode(), frozenset({400})),
@@ -903,3 +904,16 @@ def test_method_not_allowed_carries_allow(live_sidecar: LiveSidecar) -> None:
     reply = live_sidecar.request("PUT", "/key/release")
     check_reply(reply, statuses={405}, code="method_not_allowed")
     assert reply.headers.get("allow") == "POST"
+
+
+def test_access_token_with_control_characters_is_a_bad_request(live_sidecar: LiveSidecar) -> None:
+    """Issue 13 item 6: a CR/LF token answered 502 upstream_unavailable; it is the caller's error.
+
+    One test, not parametrized: the request budget compares plain test names.
+    """
+    allowed = live_sidecar.allowed_endpoint
+    for token in ("a\r\nX-Injected: 1", "a\nb", "a\x00b", "t\u00f6ken"):
+        body = {"kid": "fuzz-key", "maa_endpoint": allowed, "akv_endpoint": allowed, "access_token": token}
+        reply = live_sidecar.post_json("/key/release", body)
+        check_reply(reply, statuses={400}, code="bad_request")
+        assert "X-Injected" not in reply.body.decode(errors="replace")

@@ -110,8 +110,12 @@ def test_vlek_expired_today_valid_then(real_data: Path, capsys: pytest.CaptureFi
     args.append(str(real_data / "trustee/vlek_milan.der"))
     assert main([*args, "--at", "2026-11-23T00:00:00Z"]) == EXIT_VERIFICATION
     assert "VLEK expired at 2025-12-10" in capsys.readouterr().err
-    assert main([*args, "--at", "2025-06-01T00:00:00Z", "--json"]) == EXIT_OK
+    # The report was requested at VMPL 1: refused unless the caller accepts that explicitly.
+    assert main([*args, "--at", "2025-06-01T00:00:00Z"]) == EXIT_VERIFICATION
+    assert "vmpl: expected 0, report has 1" in capsys.readouterr().err
+    assert main([*args, "--at", "2025-06-01T00:00:00Z", "--allow-vmpl", "--json"]) == EXIT_OK
     document = _json(capsys)
+    assert "vmpl" in document["not_checked"]  # type: ignore[operator]
     assert document["signer"]["kind"] == "VLEK"  # type: ignore[index]
     assert document["signer"]["csp_id"] == "CN=cc-us-east-2.amazonaws.com"  # type: ignore[index]
 
@@ -265,3 +269,39 @@ def test_bad_certificate_file_still_prints_json(
     assert code == EXIT_VERIFICATION
     assert document["verified"] is False and document["error_code"] == "verification_failed"
     assert document["report"]["host_data"] == ACI_HOST_DATA  # type: ignore[index]
+
+
+def _debug(real_data: Path) -> list[str]:
+    return [
+        "verify",
+        str(real_data / "go-sev-guest/milan_v2_debug_report.bin"),
+        "--certs",
+        str(real_data / "go-sev-guest/milan_v2_debug_vcek.der"),
+    ]
+
+
+def test_debug_guest_is_refused_unless_allowed(real_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13 item 7: this real debug report used to print ``result: OK`` and exit 0."""
+    assert main(_debug(real_data)) == EXIT_VERIFICATION
+    captured = capsys.readouterr()
+    assert "result: FAILED" in captured.out
+    assert "policy flags: SMT RESERVED_MBO DEBUG" in captured.out
+    assert "debug: allowed, migration agent: not allowed, SMT: allowed, VMPL: 0, signing key: VCEK" in captured.out
+    assert "check host_data: not checked" in captured.out
+    assert "check require_no_debug: not checked" not in captured.out
+    assert "policy.debug: the guest policy allows debugging" in captured.err
+
+    assert main([*_debug(real_data), "--allow-debug"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "result: OK" in captured.out
+    assert "check require_no_debug: not checked" in captured.out  # the OK says what it did not check
+    assert "check vmpl: not checked" not in captured.out
+
+
+def test_verify_subprocess_exit_code_for_debug_guest(real_data: Path) -> None:
+    """The real entry point, as the issue ran it."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "skr", *_debug(real_data)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert completed.returncode == EXIT_VERIFICATION, completed.stderr
+    assert "DEBUG" in completed.stdout and "result: FAILED" in completed.stdout

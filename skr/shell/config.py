@@ -331,7 +331,7 @@ def _parse(setting: Setting, text: str, source: str) -> Any:
 
 
 # Variables the test suite and the container checks read; they are deliberately not settings.
-_NOT_SETTINGS: Final = frozenset({"SKR_IMAGE", "SKR_RUN_SLOW", "SKR_SOAK_REQUESTS"})
+_NOT_SETTINGS: Final = frozenset({"SKR_IMAGE", "SKR_RUN_SLOW", "SKR_SOAK_REQUESTS", "SKR_SPECS", "SKR_TESTDATA"})
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

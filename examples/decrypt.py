@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EnvelopeError, SidecarError, OSError, ValueError, KeyError) as exc:
         print(f"decrypt: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.mode}ed {len(data)} bytes with key {key.kid!r} ({key.kind}) into {args.out}")
+    # The plaintext's size either way: the input when encrypting, the output when decrypting.
+    plaintext_size = len(data) if args.mode == "encrypt" else len(output)
+    print(f"{args.mode}ed {plaintext_size} bytes of plaintext with key {key.kid!r} ({key.kind}) into {args.out}")
     return 0
 
 

@@ -335,6 +335,7 @@ def test_decrypt_round_trips_with_jwk_files_and_detects_tampering(tmp_path: Path
         "decrypt.py", "encrypt", "--jwk", str(public), *common, "--in", str(plaintext), "--out", str(envelope)
     )
     assert encrypted.returncode == 0, encrypted.stderr
+    assert "encrypted 5000 bytes of plaintext" in encrypted.stdout
     assert json.loads(envelope.read_text())["alg"] == "RSA-OAEP-256+A256GCM"
     refused = run_example(
         "decrypt.py", "decrypt", "--jwk", str(public), *common, "--in", str(envelope), "--out", str(recovered)
@@ -345,6 +346,7 @@ def test_decrypt_round_trips_with_jwk_files_and_detects_tampering(tmp_path: Path
         "decrypt.py", "decrypt", "--jwk", str(private), *common, "--in", str(envelope), "--out", str(recovered)
     )
     assert decrypted.returncode == 0, decrypted.stderr
+    assert "decrypted 5000 bytes of plaintext" in decrypted.stdout  # not the envelope's size
     assert recovered.read_bytes() == plaintext.read_bytes()
     assert recovered.stat().st_mode & 0o077 == 0
     document = json.loads(envelope.read_text())

@@ -153,7 +153,7 @@ class VaultClient:
         except SkrError:
             raise
         except Exception as exc:  # the SDK's exception family is wide; map it in one place
-            error = _map_sdk_error(exc, vault, key)
+            error = _map_sdk_error(exc, vault, key, attempts=self._retry_total + 1)
             if isinstance(error, IdentityUnavailableError):
                 # The vault refused the token: never offer it again (a fresh one may be fine).
                 invalidate = getattr(credential, "invalidate", None)
@@ -258,7 +258,9 @@ def _reason(exc: Exception) -> str:
     return "".join(c for c in first if c.isprintable())[:MAX_REASON]
 
 
-def _map_sdk_error(exc: Exception, vault: Endpoint, key: KeyName) -> SkrError:
+def _map_sdk_error(exc: Exception, vault: Endpoint, key: KeyName, *, attempts: int = 1) -> SkrError:
+    """The SDK's exception as skr's typed error; ``attempts`` is what the SDK's retry policy allowed."""
+    tried = f" (up to {attempts} attempts made by the Key Vault SDK's retry policy)" if attempts > 1 else ""
     status = getattr(exc, "status_code", None)
     if isinstance(exc, DecodeError | IncompleteReadError):
         return InvalidUpstreamResponseError(
@@ -276,9 +278,9 @@ def _map_sdk_error(exc: Exception, vault: Endpoint, key: KeyName) -> SkrError:
         reason = _reason(exc)
         return ReleaseDeniedError(f"{vault} refused to release {key}: {reason}", reason=reason)
     if isinstance(exc, HttpResponseError) and status is not None:
-        return UpstreamUnavailableError(f"{vault} answered HTTP {status}", service="keyvault", status=status)
+        return UpstreamUnavailableError(f"{vault} answered HTTP {status}{tried}", service="keyvault", status=status)
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return UpstreamUnavailableError(f"{vault} is unreachable ({type(exc).__name__})", service="keyvault")
+        return UpstreamUnavailableError(f"{vault} is unreachable ({type(exc).__name__}){tried}", service="keyvault")
     if isinstance(exc, ValueError) and "challenge resource" in str(exc):
         return InvalidUpstreamResponseError(
             f"{vault} sent an authentication challenge for another resource", service="keyvault"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -256,8 +257,14 @@ class KeyReleaser:
         )
 
     async def attest(self, maa: str | None, runtime_data: bytes) -> MaaToken:
-        """A fresh MAA token for caller-chosen runtime data (``/attest/maa``); not cached."""
+        """A fresh MAA token for caller-chosen runtime data (``/attest/maa``); not cached.
+
+        The runtime data goes to MAA as ``dataType: JSON``, so MAA refuses anything that is not JSON.
+        That is the caller's mistake, not an attestation failure: check it here and say so (400)
+        instead of relaying MAA's refusal as ``attestation_rejected``.
+        """
         instance = self._endpoint(maa, self._default_maa, EndpointKind.MAA)
+        _require_json(runtime_data)
         evidence = await self.evidence(runtime_data)
         return await self._maa.attest(instance, self._maa_evidence(evidence))
 
@@ -378,3 +385,15 @@ class KeyReleaser:
         missing = [name for name, ok in self.readiness().items() if not ok]
         if missing:
             raise NotReadyError(f"not ready yet: {', '.join(missing)}")
+
+
+def _require_json(runtime_data: bytes) -> None:
+    if len(runtime_data) > RUNTIME_DATA_MAX:
+        raise BadRequestError(f"runtime_data is larger than {RUNTIME_DATA_MAX} bytes")
+    try:
+        json.loads(runtime_data)
+    except (ValueError, RecursionError):
+        raise BadRequestError(
+            "runtime_data must be base64 of JSON for /attest/maa (MAA takes it as dataType JSON); "
+            "use /attest/raw for arbitrary bytes"
+        ) from None

@@ -138,12 +138,15 @@ class Upstream:
             attempts=policy.attempts,
             rng=self._rng,
         )
+        began = loop.time()
+        made = 0
         for attempt in range(1, policy.attempts + 1):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             per_attempt = min(remaining, policy.attempt_timeout or remaining)
             started = loop.time()
+            made = attempt
             delay_hint: float | None = None
             try:
                 response = await asyncio.wait_for(
@@ -181,6 +184,13 @@ class Upstream:
         if last_error is None:
             raise UpstreamTimeoutError(
                 f"{self.service} did not answer within {policy.timeout:.1f} s", service=self.service
+            )
+        if isinstance(last_error, UpstreamUnavailableError | UpstreamTimeoutError) and made > 1:
+            # Say that skr already retried, so an operator does not add a retry loop around it.
+            raise type(last_error)(
+                f"{last_error.message} (after {made} attempts over {loop.time() - began:.1f} s)",
+                service=self.service,
+                status=last_error.status,
             )
         raise last_error
 

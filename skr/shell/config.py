@@ -9,6 +9,7 @@ the CLI flags, the README table and the redacted start-up log are all derived fr
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -21,70 +22,137 @@ from skr.core.endpoints import AllowList, Endpoint
 from skr.errors import ConfigError
 from skr.primitives.encoding import b64_decode_lenient_padding
 
-__all__ = ["RELEASE_FORMATS", "SETTINGS", "Setting", "Settings", "load_settings", "parse_go_sidecar_args"]
+__all__ = [
+    "RELEASE_FORMATS",
+    "SETTINGS",
+    "Kind",
+    "Setting",
+    "Settings",
+    "kind_of",
+    "load_settings",
+    "parse_go_sidecar_args",
+    "unknown_variables",
+]
 
 #: ``skr release --format`` -> key-file suffix. Declared here, beside the other options, so the CLI
 #: can list the choices without importing the release machinery (aiohttp, the Azure SDKs) for ``--help``.
 RELEASE_FORMATS: Final = {"jwk": "json", "pem": "pem", "raw": "bin"}
 
 
-def _bool(text: str) -> bool:
+class Kind:
+    """A setting's parser that also knows which values it accepts and how to say so.
+
+    Why: the same rule must hold for text from the environment or flags *and* for values handed to
+    :class:`Settings` directly (the settings API), and the message must read as the rule
+    ("SKR_PORT must be an integer 0–65535, got 'abc'"), not as Python's parser wording.
+    """
+
+    __slots__ = ("accepts", "expect", "parse_text")
+
+    def __init__(self, expect: str, parse_text: Callable[[str], Any], accepts: Callable[[Any], bool]) -> None:
+        self.expect = expect
+        self.parse_text = parse_text
+        self.accepts = accepts
+
+    def __call__(self, text: str) -> Any:
+        try:
+            value = self.parse_text(text)
+        except (ValueError, OverflowError):
+            raise ValueError(self.expect) from None
+        if not self.accepts(value):
+            raise ValueError(self.expect)
+        return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_range(low: int, high: int | None = None, note: str = "") -> Kind:
+    bound = f"{low}–{high}" if high is not None else f"≥ {low}"
+    return Kind(
+        f"an integer {bound}{note}",
+        lambda text: int(text.strip()),
+        lambda v: _is_int(v) and v >= low and (high is None or v <= high),
+    )
+
+
+def _number(low: float, *, inclusive: bool) -> Kind:
+    """A finite number above (or from) ``low``: ``nan`` and ``inf`` parse as floats but are refused."""
+    word = "≥" if inclusive else ">"
+    return Kind(
+        f"a finite number {word} {low:g}",
+        lambda text: float(text.strip()),
+        lambda v: _is_finite(v) and (v >= low if inclusive else v > low),
+    )
+
+
+def _text_to_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(text)
 
 
-def _list(text: str) -> tuple[str, ...]:
+def _list_of_text(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 65536:
-        raise ValueError("port out of range")
-    return value
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_LOG_ALIASES: Final = {"warn": "warning", "fatal": "critical", "panic": "critical", "trace": "debug"}
 
 
-def _optional_port(text: str) -> int:
-    """A port, or -1 (also "" / "off") for "not listening"."""
-    if text.strip().lower() in ("", "off", "-1"):
-        return -1
-    return _port(text)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError("must be a positive, finite number")
-    return value
-
-
-def _log_level(text: str) -> str:
+def _text_to_log_level(text: str) -> str:
     value = text.strip().lower()
-    aliases = {"warn": "warning", "fatal": "critical", "panic": "critical", "trace": "debug"}
-    value = aliases.get(value, value)
-    if value not in ("debug", "info", "warning", "error", "critical"):
-        raise ValueError("expected debug, info, warning, error or critical")
-    return value
+    return _LOG_ALIASES.get(value, value)
 
 
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return text
-
-    return parse
+def _choice(*options: Any) -> Kind:
+    words = ", ".join(str(o) for o in options[:-1]) + f" or {options[-1]}"
+    kind = type(options[0])
+    return Kind(f"one of {words}", lambda text: kind(text.strip()), lambda v: v in options)
 
 
-def _key_bits(text: str) -> int:
-    value = int(text)
-    if value not in (2048, 3072, 4096):
-        raise ValueError("expected 2048, 3072 or 4096")
-    return value
+_bool: Final = Kind("a boolean (true/false, 1/0, yes/no, on/off)", _text_to_bool, lambda v: isinstance(v, bool))
+_list: Final = Kind(
+    "a comma-separated list",
+    _list_of_text,
+    lambda v: isinstance(v, tuple) and all(isinstance(i, str) for i in v),
+)
+_text: Final = Kind("text", str, lambda v: isinstance(v, str))
+_port: Final = _int_range(0, 65535, " (0: any free port)")
+_optional_port: Final = Kind(
+    "an integer 0–65535 (0: any free port), or -1 / off for not listening",
+    lambda text: -1 if text.strip().lower() in ("", "off", "-1") else int(text.strip()),
+    lambda v: _is_int(v) and -1 <= v <= 65535,
+)
+_positive: Final = _number(0, inclusive=False)
+_log_level: Final = Kind(f"one of {', '.join(_LOG_LEVELS)}", _text_to_log_level, lambda v: v in _LOG_LEVELS)
+_key_bits: Final = _choice(2048, 3072, 4096)
+
+# Plain types in SETTINGS get the same treatment as a Kind: an int must be an integer, a float finite.
+_PLAIN: Final[dict[Any, Kind]] = {
+    str: _text,
+    int: Kind("an integer", lambda text: int(text.strip()), _is_int),
+    float: Kind("a finite number", lambda text: float(text.strip()), _is_finite),
+    bool: _bool,
+}
+
+
+def kind_of(setting: Setting) -> Kind:
+    """The :class:`Kind` that parses and checks ``setting`` (plain ``int``/``float``/``str`` included)."""
+    if isinstance(setting.parse, Kind):
+        return setting.parse
+    plain = _PLAIN.get(setting.parse)
+    if plain is not None:
+        return plain
+    return Kind("a valid value", setting.parse, lambda _v: True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +175,7 @@ class Setting:
 
 
 SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("host", str, "127.0.0.1", "address to listen on; non-loopback needs --unsafe-bind"),
+    Setting("host", _text, "127.0.0.1", "address to listen on; non-loopback needs --unsafe-bind"),
     Setting("port", _port, 8080, "port to listen on (also the Go sidecar's Port variable)"),
     Setting("grpc_port", _optional_port, -1, "gRPC key-provider port (-1: off, 0: pick a free one)"),
     Setting(
@@ -144,8 +212,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("maa_timeout", _positive, 10.0, "seconds for one MAA call, retries included"),
     Setting("akv_timeout", _positive, 15.0, "seconds for one Key Vault release"),
     Setting("collateral_timeout", _positive, 10.0, "seconds for one certificate source"),
-    Setting("released_key_ttl", float, 0.0, "seconds to cache released keys in memory (0: off)"),
-    Setting("max_body_bytes", int, 65536, "largest accepted request body"),
+    Setting("released_key_ttl", _number(0, inclusive=True), 0.0, "seconds to cache released keys in memory (0: off)"),
+    Setting("max_body_bytes", _int_range(1024), 65536, "largest accepted request body"),
 )
 
 _BY_NAME: Final = {setting.name: setting for setting in SETTINGS}
@@ -186,8 +254,11 @@ class Settings:
     max_body_bytes: int = 65536
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1024:
-            raise ConfigError("max_body_bytes must be at least 1024")
+        for setting in SETTINGS:
+            value = getattr(self, setting.name)
+            kind = kind_of(setting)
+            if not kind.accepts(value):
+                raise ConfigError(f"{setting.name} must be {kind.expect}, got {value!r}")
         if self.ca_file and not Path(self.ca_file).is_file():
             raise ConfigError(f"ca_file {self.ca_file!r} does not exist")
 
@@ -270,7 +341,34 @@ def load_settings(flags: Mapping[str, Any] | None = None, environ: Mapping[str, 
 
 
 def _parse(setting: Setting, text: str, source: str) -> Any:
+    kind = kind_of(setting)
     try:
-        return setting.parse(text)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        return kind(text)
+    except (ValueError, OverflowError):
+        shown = text if len(text) <= 64 else text[:64] + "…"
+        raise ConfigError(f"{source} must be {kind.expect}, got {shown!r}") from None
+
+
+# Variables the test suite and the container checks read; they are deliberately not settings.
+_NOT_SETTINGS: Final = frozenset({"SKR_IMAGE", "SKR_RUN_SLOW", "SKR_SOAK_REQUESTS", "SKR_SPECS", "SKR_TESTDATA"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for ``SKR_*`` variables that are no setting, each with the nearest known name.
+
+    Why: a misspelt variable (``SKR_PROT``) is otherwise silently ignored and the default applies.
+    Variables other parts of skr read on purpose (``SKR_TEST_*``, ``SKR_DEV_*``) are not settings
+    and are left alone.
+    """
+    env = os.environ if environ is None else environ
+    known = [setting.env for setting in SETTINGS]
+    out = []
+    for name in sorted(env):
+        if not name.startswith("SKR_") or name in known or name in _NOT_SETTINGS:
+            continue
+        if name.startswith(("SKR_TEST_", "SKR_DEV_")):
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        out.append(f"{name} is not a known setting and is ignored{hint}")
+    return out

@@ -174,12 +174,12 @@ def _http_exception_code(exc: web.HTTPException) -> tuple[str, str]:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     state = request.app[STATE]
     if request.content_length is not None and request.content_length > state.max_body_bytes:
-        raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes")
+        raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes (SKR_MAX_BODY_BYTES)")
     try:
         # The whole body, however it arrives (segments, chunks); aiohttp enforces client_max_size.
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes") from None
+        raise BodyTooLargeError(f"request body exceeds {state.max_body_bytes} bytes (SKR_MAX_BODY_BYTES)") from None
     except (RequestPayloadError, BadHttpMessage):
         # The rest of the body cannot be parsed: stop aiohttp from draining it after we answer, and
         # close the connection once the 400 is sent (framing is lost).

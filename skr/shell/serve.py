@@ -26,7 +26,7 @@ from aiohttp import web
 from skr.core.endpoints import is_loopback_host
 from skr.errors import ConfigError, SkrError
 from skr.primitives.retry import Backoff, RetrySchedule
-from skr.shell.config import Settings
+from skr.shell.config import Settings, unknown_variables
 from skr.shell.http_api import AppState, Metrics, SidecarRunner, create_app
 from skr.shell.wiring import Runtime, build_runtime, utc_now
 
@@ -108,7 +108,14 @@ async def start_sidecar(
     clock: Callable[[], datetime] = utc_now,
     simulated_banner: str | None = None,
 ) -> RunningSidecar:
-    """Start the sidecar and return once it listens (it becomes ready in the background)."""
+    """Start the sidecar and return once it listens (it becomes ready in the background).
+
+    The effective configuration is logged first, so a start-up failure that follows (bind address,
+    missing device) is reported next to the values that caused it.
+    """
+    _logger.info("effective configuration: %s", settings.redacted())
+    for warning in unknown_variables(environ):
+        _logger.warning("%s", warning)
     check_bind_address(settings.host, unsafe=settings.unsafe_bind)
     provider = platform or select_provider(configfs_root=settings.configfs_root, sev_guest_path=settings.device_path)
     if not settings.allow_list().pinned:
@@ -116,7 +123,6 @@ async def start_sidecar(
             "endpoint allow-list uses the Azure public-cloud suffixes; pin exact hosts with "
             "SKR_ALLOWED_MAA_ENDPOINTS and SKR_ALLOWED_AKV_ENDPOINTS"
         )
-    _logger.info("effective configuration: %s", settings.redacted())
     runtime = await build_runtime(settings, platform=provider, environ=environ, amd_roots=amd_roots, clock=clock)
     metrics = Metrics()
     runtime.on_upstream.append(metrics.record_upstream)

@@ -176,6 +176,19 @@ def test_serve_names_the_device_path_it_was_given(tmp_path: Path) -> None:
 
 
 @no_device
+def test_serve_logs_its_configuration_and_misspelt_variables_before_failing(tmp_path: Path) -> None:
+    device = tmp_path / "absent-sev-guest"
+    env = child_environment({"COLUMNS": "200", "SKR_PROT": "9000"})
+    configfs = str(tmp_path / "none")
+    result = run_skr("serve", "--port", "0", "--configfs-root", configfs, "--device-path", str(device), env=env)
+    assert result.returncode == EXIT_PLATFORM, (result.stdout, result.stderr)
+    config_at = result.stderr.find("effective configuration")
+    assert config_at >= 0 and str(device) in result.stderr[config_at:]
+    assert "SKR_PROT is not a known setting and is ignored; did you mean SKR_PORT?" in result.stderr
+    assert config_at < result.stderr.rfind(str(device))  # the configuration comes before the failure
+
+
+@no_device
 def test_report_without_device_exits_3() -> None:
     result = run_skr("report", "--runtime-data", "aGVsbG8=")
     assert result.returncode == EXIT_PLATFORM, (result.stdout, result.stderr)

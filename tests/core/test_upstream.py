@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -90,6 +91,7 @@ async def test_persistent_5xx_is_upstream_unavailable(served: tuple[Script, str,
     with pytest.raises(UpstreamUnavailableError, match="HTTP 500") as info:
         await Upstream(session, "maa", sleep=_no_sleep).request("GET", url)
     assert info.value.status == 500 and script.calls == 3
+    assert re.search(r"HTTP 500 \(after 3 attempts over \d+\.\d s\)$", info.value.message), info.value.message
 
 
 async def test_non_retryable_status_is_returned_once(served: tuple[Script, str, aiohttp.ClientSession]) -> None:
@@ -156,7 +158,7 @@ async def test_truncated_body_is_retried_then_reported(served: tuple[Script, str
 
 async def test_connection_refused_is_unavailable() -> None:
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(UpstreamUnavailableError, match="unreachable"):
+        with pytest.raises(UpstreamUnavailableError, match=r"unreachable .*\(after 3 attempts over"):
             await Upstream(session, "imds", sleep=_no_sleep).request("GET", "http://127.0.0.1:9/")
 
 

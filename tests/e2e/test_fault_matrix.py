@@ -497,7 +497,7 @@ async def flaky_sidecar(dev: DevStack) -> AsyncIterator[tuple[str, FlakyPlatform
 async def test_platform_fault_on_a_ready_sidecar(dev: DevStack, http: aiohttp.ClientSession, fault: str) -> None:
     """Fresh reports fail with the device's code; releases keep working from the cached attestation."""
     error, code = PLATFORM_FAULTS[fault]
-    runtime_data = {"runtime_data": "aGVsbG8="}
+    runtime_data = {"runtime_data": "e30="}  # "{}": /attest/maa takes JSON only
     async with flaky_sidecar(dev) as (url, platform):
         await wait_until_ready(http, url)
         assert_released(*(await post(http, url, {"kid": "kv-rsa"}))[:2])

@@ -103,7 +103,7 @@ def check_raw(raw: RawReply, *, statuses: Collection[int] | None = None) -> None
 
 # --- the requests ----------------------------------------------------------------------------------
 
-B64: Final = base64.b64encode(b"fuzzed runtime data").decode()
+B64: Final = base64.b64encode(b'{"fuzzed": "runtime data"}').decode()  # JSON: /attest/maa requires it
 REFUSED_HOST: Final = "refused.example"
 """Never in the pinned allow-list, so requests naming it stop with 403 before any connection."""
 

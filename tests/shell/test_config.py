@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 
 from skr.errors import ConfigError
-from skr.shell.config import SETTINGS, Settings, load_settings, parse_go_sidecar_args
+from skr.shell.config import SETTINGS, Settings, load_settings, parse_go_sidecar_args, unknown_variables
 
 
 def _go_args(document: dict[str, object]) -> str:
@@ -86,3 +86,47 @@ def test_allow_list_includes_defaults_when_pinned() -> None:
 
 def test_redacted_view_lists_every_setting() -> None:
     assert set(load_settings({}, {}).redacted()) == {s.name for s in SETTINGS}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SKR_PORT": "abc"}, "SKR_PORT must be an integer 0–65535 (0: any free port), got 'abc'"),
+        ({"SKR_PORT": "99999"}, "SKR_PORT must be an integer 0–65535 (0: any free port), got '99999'"),
+        ({"SKR_RELEASED_KEY_TTL": "nan"}, "SKR_RELEASED_KEY_TTL must be a finite number ≥ 0, got 'nan'"),
+        ({"SKR_MAA_TIMEOUT": "inf"}, "SKR_MAA_TIMEOUT must be a finite number > 0, got 'inf'"),
+        ({"SKR_MAA_TIMEOUT": "1e999"}, "SKR_MAA_TIMEOUT must be a finite number > 0, got '1e999'"),
+        ({"SKR_MAX_BODY_BYTES": "12"}, "SKR_MAX_BODY_BYTES must be an integer ≥ 1024, got '12'"),
+        ({"SKR_LOG_FORMAT": "xml"}, "SKR_LOG_FORMAT must be one of json, text or auto, got 'xml'"),
+        ({"SKR_WRAPPING_KEY_BITS": "1024"}, "SKR_WRAPPING_KEY_BITS must be one of 2048, 3072 or 4096, got '1024'"),
+    ],
+)
+def test_bad_values_say_the_rule_not_python(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, env)
+    assert str(caught.value.message) == message
+    assert "invalid literal" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"port": 99999}, "port must be an integer 0–65535"),
+        ({"wrapping_key_bits": 1024}, "wrapping_key_bits must be one of 2048, 3072 or 4096"),
+        ({"released_key_ttl": float("nan")}, "released_key_ttl must be a finite number ≥ 0"),
+        ({"akv_timeout": float("inf")}, "akv_timeout must be a finite number > 0"),
+        ({"log_level": "loud"}, "log_level must be one of debug"),
+        ({"port": True}, "port must be an integer"),
+    ],
+)
+def test_the_settings_api_enforces_the_same_rules(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_unknown_variables_are_named_with_the_nearest_setting() -> None:
+    warnings = unknown_variables({"SKR_PROT": "9000", "SKR_PORT": "1", "SKR_TEST_HARDWARE": "1", "SKR_ZZZQQQ": "x"})
+    assert warnings == [
+        "SKR_PROT is not a known setting and is ignored; did you mean SKR_PORT?",
+        "SKR_ZZZQQQ is not a known setting and is ignored",
+    ]

@@ -106,6 +106,22 @@ async def test_errors_are_json_with_stable_codes(
     assert isinstance(got["error"], str) and got["error"]
 
 
+async def test_maa_runtime_data_that_is_not_json_is_the_request_at_fault(sidecar: tuple[RunningSidecar, str]) -> None:
+    """Nothing is sent to MAA (the instance here does not exist): the request itself is refused."""
+    _, url = sidecar
+    body = {"runtime_data": base64.b64encode(b"plain text").decode(), "maa_endpoint": "nowhere.attest.azure.net"}
+    status, got, _ = await _post(f"{url}/attest/maa", body)
+    assert (status, got["code"]) == (400, "bad_request")
+    assert "must be base64 of JSON" in str(got["error"]) and "/attest/raw" in str(got["error"])
+
+
+async def test_body_too_large_names_the_setting(sidecar: tuple[RunningSidecar, str]) -> None:
+    _, url = sidecar
+    status, got, _ = await _post(f"{url}/attest/raw", b"{" + b" " * 5000 + b"}")
+    assert (status, got["code"]) == (413, "body_too_large")
+    assert "4096 bytes" in str(got["error"]) and "SKR_MAX_BODY_BYTES" in str(got["error"])
+
+
 async def test_method_not_allowed_is_json(sidecar: tuple[RunningSidecar, str]) -> None:
     _, url = sidecar
     async with aiohttp.ClientSession() as session, session.get(f"{url}/key/release") as response:

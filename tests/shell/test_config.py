@@ -86,3 +86,11 @@ def test_allow_list_includes_defaults_when_pinned() -> None:
 
 def test_redacted_view_lists_every_setting() -> None:
     assert set(load_settings({}, {}).redacted()) == {s.name for s in SETTINGS}
+
+
+@pytest.mark.parametrize("hosts", [";", ":", "https://vault.example/path"])
+def test_bad_managed_hsm_host_is_an_operator_fault(hosts: str) -> None:
+    """The host list is configuration, so a bad entry is a ConfigError, not a client's BadRequestError."""
+    loaded = load_settings(environ={"SKR_MANAGED_HSM_HOSTS": hosts})
+    with pytest.raises(ConfigError, match="managed_hsm_hosts"):
+        loaded.managed_hsm_netlocs()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from skr.core.endpoints import AllowList, Endpoint
-from skr.errors import ConfigError
+from skr.errors import BadRequestError, ConfigError
 from skr.primitives.encoding import b64_decode_lenient_padding
 
 __all__ = [
@@ -276,7 +276,11 @@ class Settings:
             raise ConfigError(f"invalid allow-list entry: {exc}") from None
 
     def managed_hsm_netlocs(self) -> frozenset[str]:
-        return frozenset(Endpoint.parse(h).netloc for h in self.managed_hsm_hosts)
+        """The extra Managed HSM hosts; a bad entry is the operator's fault, so a ConfigError."""
+        try:
+            return frozenset(Endpoint.parse(h).netloc for h in self.managed_hsm_hosts)
+        except BadRequestError as exc:
+            raise ConfigError(f"invalid managed_hsm_hosts entry: {exc}") from None
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as logged at start-up (no secret is ever a setting, but be explicit)."""

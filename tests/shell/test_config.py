@@ -130,3 +130,11 @@ def test_unknown_variables_are_named_with_the_nearest_setting() -> None:
         "SKR_PROT is not a known setting and is ignored; did you mean SKR_PORT?",
         "SKR_ZZZQQQ is not a known setting and is ignored",
     ]
+
+
+@pytest.mark.parametrize("hosts", [";", ":", "https://vault.example/path"])
+def test_bad_managed_hsm_host_is_an_operator_fault(hosts: str) -> None:
+    """The host list is configuration, so a bad entry is a ConfigError, not a client's BadRequestError."""
+    loaded = load_settings(environ={"SKR_MANAGED_HSM_HOSTS": hosts})
+    with pytest.raises(ConfigError, match="managed_hsm_hosts"):
+        loaded.managed_hsm_netlocs()

@@ -202,8 +202,10 @@ def _not_allowed(dev: DevProcess) -> HttpResult:
 
 
 def _maa_rejects(dev: DevProcess) -> HttpResult:
-    # skr sends runtime data to MAA as dataType JSON (azure-facts §1.2); MAA refuses bytes that are not.
-    return _attest_maa(dev, b"this is not JSON")
+    # skr sends runtime data to MAA as dataType JSON (azure-facts §1.2) and refuses non-JSON itself
+    # (400). Python's parser takes the non-standard constant NaN, MAA's (RFC 8259) refuses it, so the
+    # refusal here is MAA's and skr must pass its reason on.
+    return _attest_maa(dev, b'{"a": NaN}')
 
 
 def _policy_refuses(dev: DevProcess) -> HttpResult:
